@@ -1,0 +1,1 @@
+//! Almagest: a home server's small automation services as supervised actors on a Redis bus.
