@@ -1,0 +1,5 @@
+//! Integration tests, in one binary so that the crate is linked once. Each test starts its
+//! own redis-server and uses its own bus prefix and instance name.
+
+mod core;
+mod support;
