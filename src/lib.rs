@@ -19,6 +19,7 @@ pub mod control;
 pub mod service;
 pub mod supervisor;
 pub mod telemetry;
+pub mod torrent;
 
 use std::future::Future;
 use std::sync::Arc;
