@@ -11,9 +11,14 @@
 //!   an event, unless `notify_added_complete` is set. Checking, moving and missing files
 //!   decide nothing, so re-checking a finished torrent never announces it again.
 //! - `torrent.error` once per distinct error text; `torrent.removed` once when a hash stored
-//!   for this client is missing from its list.
-//! - Baseline: when no state is stored for the client at all, the first poll stores what it
-//!   sees without events. Torrents seen incomplete then are still announced when they finish.
+//!   for this client has been missing from its list for `removal_grace`. The grace matters:
+//!   Transmission 3.00 answers RPC with an empty list for a moment after it starts, before it
+//!   has loaded its torrents.
+//! - Baseline: until a client has a baseline marker stored, its first poll stores the state
+//!   of every torrent it lists without events, and the caller then stores the marker. A
+//!   per-hash check cannot replace the marker, because a client with no torrents stores
+//!   nothing and its next new torrent would be swallowed. Torrents found incomplete in the
+//!   baseline are still announced when they finish.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -54,6 +59,9 @@ pub struct Seen {
     /// `torrent.removed` was published; cleared if the torrent comes back.
     #[serde(default)]
     pub removed: bool,
+    /// First poll that did not list the torrent; cleared when it is listed again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_since: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_seen_at: Option<DateTime<Utc>>,
 }
@@ -94,9 +102,11 @@ pub struct DiffInput<'a> {
     pub stored: &'a HashMap<InfoHash, Seen>,
     /// Hashes that a done-hook reported for this client since the last diff.
     pub reported_done: &'a HashSet<InfoHash>,
-    /// No state is stored for this client yet: store without announcing.
+    /// No baseline marker is stored for this client yet: store without announcing.
     pub baseline: bool,
     pub notify_added_complete: bool,
+    /// How long a stored torrent must be missing from the list before it counts as removed.
+    pub removal_grace: Duration,
     pub now: DateTime<Utc>,
 }
 
@@ -124,6 +134,7 @@ pub fn diff(input: &DiffInput<'_>) -> DiffOutcome {
         seen.client = input.client.to_owned();
         seen.name = torrent.name.chars().take(STORED_NAME_CHARS).collect();
         seen.removed = false;
+        seen.missing_since = None;
 
         if previous.is_none() && input.baseline {
             take_into_baseline(&mut seen, torrent);
@@ -145,27 +156,34 @@ pub fn diff(input: &DiffInput<'_>) -> DiffOutcome {
         }
     }
 
-    let mut gone: Vec<_> = input
+    let mut missing: Vec<_> = input
         .stored
         .iter()
         .filter(|(hash, seen)| {
             seen.client == input.client && !seen.removed && !present.contains(hash)
         })
         .collect();
-    gone.sort_by(|left, right| left.0.cmp(right.0));
-    for (hash, seen) in gone {
-        outcome.events.push(TorrentEvent {
-            kind: EventKind::Removed,
-            client: input.client.to_owned(),
-            hash: hash.clone(),
-            name: seen.name.clone(),
-            size_bytes: None,
-            duration: None,
-            error: None,
-        });
+    missing.sort_by(|left, right| left.0.cmp(right.0));
+    for (hash, seen) in missing {
         let mut seen = seen.clone();
-        seen.removed = true;
-        outcome.updates.push((hash.clone(), seen));
+        let since = *seen.missing_since.get_or_insert(input.now);
+        let grace =
+            chrono::Duration::from_std(input.removal_grace).unwrap_or(chrono::TimeDelta::MAX);
+        if input.now - since >= grace {
+            seen.removed = true;
+            outcome.events.push(TorrentEvent {
+                kind: EventKind::Removed,
+                client: input.client.to_owned(),
+                hash: hash.clone(),
+                name: seen.name.clone(),
+                size_bytes: None,
+                duration: None,
+                error: None,
+            });
+        }
+        if input.stored.get(hash) != Some(&seen) {
+            outcome.updates.push((hash.clone(), seen));
+        }
     }
     outcome
 }
@@ -282,6 +300,7 @@ mod tests {
     /// Feeds polls through the diff the way the service does, keeping the stored state.
     struct Harness {
         stored: HashMap<InfoHash, Seen>,
+        baseline_taken: bool,
         notify_added_complete: bool,
         now: i64,
     }
@@ -290,6 +309,7 @@ mod tests {
         fn new() -> Self {
             Self {
                 stored: HashMap::new(),
+                baseline_taken: false,
                 notify_added_complete: false,
                 now: 2_000,
             }
@@ -297,7 +317,8 @@ mod tests {
 
         fn poll_with(&mut self, torrents: &[Torrent], reported: &[&str]) -> Vec<EventKind> {
             let reported_done = reported.iter().map(|text| hash(text)).collect();
-            let baseline = !self.stored.values().any(|seen| seen.client == "nas");
+            let baseline = !self.baseline_taken;
+            self.baseline_taken = true;
             self.now += 15;
             let outcome = diff(&DiffInput {
                 client: "nas",
@@ -306,6 +327,7 @@ mod tests {
                 reported_done: &reported_done,
                 baseline,
                 notify_added_complete: self.notify_added_complete,
+                removal_grace: Duration::from_secs(15),
                 now: DateTime::from_timestamp(self.now, 0).unwrap(),
             });
             for (hash, seen) in outcome.updates {
@@ -333,6 +355,13 @@ mod tests {
         let mut harness = Harness::new();
         assert_eq!(harness.poll(&[downloading()]), vec![]);
         assert!(harness.stored[&hash(HASH)].added);
+    }
+
+    #[test]
+    fn empty_baseline_then_added() {
+        let mut harness = Harness::new();
+        assert_eq!(harness.poll(&[]), vec![]);
+        assert_eq!(harness.poll(&[downloading()]), vec![Added]);
     }
 
     #[test]
@@ -472,6 +501,7 @@ mod tests {
         harness.poll(&[downloading()]);
         let mut restarted = Harness::new();
         restarted.stored = harness.stored.clone();
+        restarted.baseline_taken = true;
         assert_eq!(restarted.poll(&[seeding()]), vec![Completed]);
         assert_eq!(restarted.poll(&[seeding()]), vec![]);
     }
@@ -487,12 +517,27 @@ mod tests {
 
     #[test]
     fn removal_is_announced_once() {
+        // Polls are 15 s apart and the grace is 15 s: the second poll without it removes it.
         let mut harness = Harness::new();
         let other = torrent(OTHER, TorrentState::Seeding, 1.0);
         harness.poll(&[downloading(), other.clone()]);
+        assert_eq!(harness.poll(std::slice::from_ref(&other)), vec![]);
         assert_eq!(harness.poll(std::slice::from_ref(&other)), vec![Removed]);
         assert_eq!(harness.poll(std::slice::from_ref(&other)), vec![]);
         assert_eq!(harness.poll(&[other, downloading()]), vec![]);
+    }
+
+    #[test]
+    fn brief_absence_is_not_removal() {
+        let mut harness = Harness::new();
+        harness.poll(&[downloading()]);
+        assert_eq!(harness.poll(&[]), vec![]);
+        assert_eq!(harness.poll(&[downloading()]), vec![]);
+        assert_eq!(harness.poll(&[]), vec![]);
+        assert_eq!(
+            harness.stored[&hash(HASH)].missing_since,
+            DateTime::from_timestamp(2_060, 0)
+        );
     }
 
     #[test]
@@ -536,6 +581,7 @@ mod tests {
             reported_done: &reported,
             baseline: false,
             notify_added_complete: false,
+            removal_grace: Duration::from_secs(15),
             now: DateTime::from_timestamp(5_000, 0).unwrap(),
         });
         assert_eq!(outcome.events[0].duration, Some(Duration::from_secs(600)));

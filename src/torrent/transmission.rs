@@ -30,6 +30,12 @@ const SESSION_HEADER: &str = "X-Transmission-Session-Id";
 /// The first `rpc-version` that accepts JSON-RPC 2.0 (Transmission 4.1.0).
 const JSON_RPC_MIN_VERSION: i64 = 18;
 
+/// The first `rpc-version` (Transmission 4.0.0) whose JSON writer escapes characters outside
+/// the Basic Multilingual Plane correctly. Transmission 3.00 writes U+1F3AC as `\u1f3ac`,
+/// which JSON reads as U+1F3A and "c", so for older versions the name is taken from the `dn`
+/// parameter of `magnetLink`, which is percent-encoded UTF-8.
+const CORRECT_JSON_MIN_VERSION: i64 = 17;
+
 /// `error` value for a local error (disk full, permission denied, files gone), which stops
 /// the torrent. Values 1 and 2 are tracker warnings and errors, which do not.
 const LOCAL_ERROR: i64 = 3;
@@ -77,6 +83,8 @@ pub struct Transmission {
     /// been upgraded while it was unreachable.
     dialect: Option<Dialect>,
     version: Option<String>,
+    /// The daemon's JSON mangles characters outside the BMP (Transmission 3.00 and older).
+    mangles_names: bool,
     next_request_id: u64,
 }
 
@@ -93,6 +101,7 @@ impl Transmission {
             session_id: None,
             dialect: None,
             version: None,
+            mangles_names: false,
             next_request_id: 1,
         })
     }
@@ -122,6 +131,10 @@ impl Transmission {
             Dialect::Legacy => LEGACY_FIELDS,
             Dialect::JsonRpc => SNAKE_CASE_FIELDS,
         };
+        let mut fields = fields.to_vec();
+        if self.mangles_names {
+            fields.push("magnetLink");
+        }
         let mut arguments = json!({ "fields": fields });
         if let Some(hash) = hash {
             arguments["ids"] = json!([hash.as_str()]);
@@ -146,8 +159,8 @@ impl Transmission {
             "tag": self.take_request_id(),
         });
         let response = self.post(&request).await?;
-        let (dialect, version) = if response.get("jsonrpc").is_some() {
-            (Dialect::JsonRpc, None)
+        let (dialect, version, rpc_version) = if response.get("jsonrpc").is_some() {
+            (Dialect::JsonRpc, None, JSON_RPC_MIN_VERSION)
         } else {
             let arguments = legacy_result(&response).map_err(|error| self.rpc_error(error))?;
             let rpc_version = arguments
@@ -163,11 +176,12 @@ impl Transmission {
                 .get("version")
                 .and_then(Value::as_str)
                 .map(str::to_owned);
-            (dialect, version)
+            (dialect, version, rpc_version)
         };
         tracing::debug!(url = %self.url, ?dialect, version = version.as_deref().unwrap_or("unknown"), "transmission protocol detected");
         self.dialect = Some(dialect);
         self.version = version;
+        self.mangles_names = rpc_version < CORRECT_JSON_MIN_VERSION;
         Ok(dialect)
     }
 
@@ -339,6 +353,8 @@ struct RawTorrent {
         alias = "metadata_percent_complete"
     )]
     metadata_percent_complete: Option<f64>,
+    #[serde(rename = "magnetLink", alias = "magnet_link")]
+    magnet_link: Option<String>,
 }
 
 impl RawTorrent {
@@ -364,9 +380,14 @@ impl RawTorrent {
                 None
             }
         };
+        let name = self
+            .magnet_link
+            .as_deref()
+            .and_then(magnet_display_name)
+            .unwrap_or(self.name);
         Torrent {
             hash: self.hash,
-            name: self.name,
+            name,
             size_bytes: known(self.size_when_done),
             progress: self.percent_done.clamp(0.0, 1.0),
             left_bytes: known(self.left_until_done),
@@ -378,6 +399,15 @@ impl RawTorrent {
                 .then(|| truncate(&self.error_string)),
         }
     }
+}
+
+/// Returns the `dn` (display name) parameter of a magnet link, decoded.
+fn magnet_display_name(link: &str) -> Option<String> {
+    let link = Url::parse(link).ok()?;
+    link.query_pairs()
+        .find(|(key, _)| key == "dn")
+        .map(|(_, name)| name.into_owned())
+        .filter(|name| !name.is_empty())
 }
 
 /// Parses the `torrents` array of a `torrent-get` result. Entries that do not parse are
@@ -448,6 +478,16 @@ mod tests {
         assert!(!torrents[2].has_metadata);
         assert_eq!(torrents[2].size_bytes, None);
         assert_eq!(torrents[2].name, "Magnet+\"Q\"");
+    }
+
+    #[test]
+    fn magnet_link_name_repairs_mangled_emoji() {
+        // Recorded from Transmission 3.00: the name as its JSON writer escapes U+1F3AC.
+        let value = json!({"torrents":[{"hashString":"cb0f1223ef0a367e7d6fda74d001a61670db4de5",
+            "magnetLink":"magnet:?xt=urn:btih:cb0f1223ef0a367e7d6fda74d001a61670db4de5&dn=a%20%F0%9F%8E%AC%20b.bin",
+            "name":"a \u{1f3a}c b.bin"}]});
+        let (torrents, _) = parse_torrents(&value).unwrap();
+        assert_eq!(torrents[0].name, "a 🎬 b.bin");
     }
 
     #[test]

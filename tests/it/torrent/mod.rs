@@ -1,0 +1,6 @@
+//! The torrent clients and the announcement diff against real Transmission and qBittorrent
+//! daemons, and against fakes that replay other versions' responses.
+
+mod fakes;
+mod qbittorrent;
+mod transmission;
