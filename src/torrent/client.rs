@@ -1,6 +1,6 @@
-//! What the service needs from a torrent client — list the torrents, look one up by hash —
-//! behind one enum over the Transmission and qBittorrent clients, plus the HTTP plumbing
-//! they share.
+//! The operations the service needs from a torrent client (list the torrents, look one up
+//! by hash) behind one enum over the Transmission and qBittorrent clients, and the HTTP
+//! plumbing they share.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,8 +49,8 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether the error means the client could not be reached at all (as opposed to a
-    /// client that answered badly).
+    /// Returns whether the client could not be reached at all (connection refused or timed
+    /// out), as opposed to a client that returned a bad response.
     pub fn is_unreachable(&self) -> bool {
         match self {
             Self::Request { source, .. } => source.is_connect() || source.is_timeout(),

@@ -26,8 +26,8 @@ const DEFAULT_POLL_INTERVAL_SECS: u64 = 15;
 /// Default outage before a "client unreachable" notice: a client restart or an update of its
 /// container takes under a minute, so five minutes only reports real outages.
 const DEFAULT_DOWN_AFTER_SECS: u64 = 300;
-/// Default HTTP timeout per request. A local client answers a full list in well under a
-/// second; ten seconds leaves room for a busy NAS without stalling the poll loop.
+/// Default HTTP timeout per request. A local client returns a full list in well under a
+/// second, and ten seconds leaves room for a busy NAS without stalling the poll loop.
 const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 10;
 /// Default lifetime of a torrent's stored state after it was last seen in a poll.
 const DEFAULT_SEEN_TTL_DAYS: u64 = 30;
@@ -151,7 +151,7 @@ impl Secret {
         Self(value.into())
     }
 
-    /// The secret itself, for the one place that sends it.
+    /// Returns the secret itself, for the one place that sends it.
     pub fn expose(&self) -> &str {
         &self.0
     }

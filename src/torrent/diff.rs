@@ -11,8 +11,8 @@
 //!   an event, unless `notify_added_complete` is set. Checking, moving and missing files
 //!   decide nothing, so re-checking a finished torrent never announces it again.
 //! - `torrent.error` once per distinct error text; `torrent.removed` once when a hash stored
-//!   for this client has been missing from its list for `removal_grace`. The grace matters:
-//!   Transmission 3.00 answers RPC with an empty list for a moment after it starts, before it
+//!   for this client has been missing from its list for `removal_grace`. The grace matters
+//!   because Transmission 3.00 returns an empty list for a moment after it starts, before it
 //!   has loaded its torrents.
 //! - Baseline: until a client has a baseline marker stored, its first poll stores the state
 //!   of every torrent it lists without events, and the caller then stores the marker. A
@@ -28,10 +28,10 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{Completeness, InfoHash, Torrent};
 
-/// Longest name kept in the stored state, in characters; enough for a notice.
+/// Maximum length of the name kept in the stored state, in characters (enough for a notice).
 const STORED_NAME_CHARS: usize = 256;
 
-/// What was announced for one torrent; stored as JSON at `P:torrent:seen:<hash>`.
+/// Announcement state of one torrent, stored as JSON at `P:torrent:seen:<hash>`.
 /// Every field has a default, so that state written by an older version still reads.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Seen {
@@ -495,8 +495,8 @@ mod tests {
 
     #[test]
     fn completion_while_away_is_announced() {
-        // The stored state from before a restart says "seen incomplete"; the first poll after
-        // the restart sees the torrent complete.
+        // The stored state from before a restart records "seen incomplete", and the first poll
+        // after the restart finds the torrent complete.
         let mut harness = Harness::new();
         harness.poll(&[downloading()]);
         let mut restarted = Harness::new();
@@ -508,7 +508,7 @@ mod tests {
 
     #[test]
     fn new_numeric_ids_change_nothing() {
-        // The diff never sees client ids: the same hashes in another order are the same.
+        // The diff never reads client ids, so the same hashes in another order change nothing.
         let mut harness = Harness::new();
         let other = torrent(OTHER, TorrentState::Downloading, 0.1);
         harness.poll(&[downloading(), other.clone()]);

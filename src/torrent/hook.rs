@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::model::InfoHash;
 
-/// Longest message accepted; a valid one is under 200 bytes.
+/// Maximum message length in bytes; a valid message is under 200 bytes.
 const MAX_MESSAGE_BYTES: usize = 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

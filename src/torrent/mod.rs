@@ -1,4 +1,4 @@
-//! The torrent service: tells the household when a download starts and when it is done.
+//! The torrent service: notifies the household when a download starts and when it is done.
 //!
 //! It polls every configured Transmission and qBittorrent client, compares each list with
 //! what was announced per info hash, and publishes `torrent.added` once per hash and

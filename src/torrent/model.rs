@@ -45,7 +45,7 @@ impl<'de> Deserialize<'de> for InfoHash {
 #[error("invalid info hash {0:?}: expected 40 or 64 hex digits")]
 pub struct InvalidInfoHash(String);
 
-/// What a client reports a torrent to be doing, in one vocabulary for every client.
+/// Activity of a torrent as its client reports it, in one vocabulary for every client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TorrentState {
@@ -74,7 +74,7 @@ pub enum TorrentState {
 pub enum Completeness {
     Complete,
     Incomplete,
-    /// Checking, moving or missing files: the numbers in flight say nothing about completion,
+    /// Checking, moving or missing files. The numbers in flight tell nothing about completion,
     /// so a re-check of a finished torrent does not look like a new download.
     Undetermined,
 }

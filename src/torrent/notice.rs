@@ -1,6 +1,6 @@
 //! Notice text for people and event JSON for machines, from a [`TorrentEvent`].
 //!
-//! Torrent names come from whoever made the .torrent file or magnet link, so in notice text
+//! Torrent names come from the author of the .torrent file or magnet link, so in notice text
 //! they are made inert for Discord: markdown characters are backslash-escaped, every `@` is
 //! followed by a zero-width space (so `@everyone`, `@here` and `<@id>` mention nobody), and
 //! control and bidirectional-override characters become spaces. The name still reads the
@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::diff::{EventKind, TorrentEvent};
 
-/// Longest name shown in a notice, in characters, so that a notice stays well inside
+/// Maximum length of a name in a notice, in characters, so that a notice stays well inside
 /// Discord's 2000-character message limit.
 const NOTICE_NAME_CHARS: usize = 200;
 
@@ -45,7 +45,7 @@ pub struct Notice {
 }
 
 impl Notice {
-    /// The notification object of the bus wire format, without `route`.
+    /// Builds the notification object of the bus wire format, without `route`.
     pub fn to_json(&self, source: &str) -> Value {
         let fields: Vec<Value> = self
             .fields
@@ -205,7 +205,7 @@ mod tests {
         }
     }
 
-    /// What a reader sees: escapes and zero-width spaces removed.
+    /// Renders text as Discord shows it: escapes and zero-width spaces removed.
     fn rendered(text: &str) -> String {
         let mut out = String::new();
         let mut escaped = false;

@@ -4,8 +4,8 @@
 //!
 //! - Session cookie: `SID` up to 5.1, `QBT_SID_<port>` from 5.2. A cookie jar stores
 //!   whichever the server sets and sends it back, so the name never matters here.
-//! - Login: 4.x answers 200 with `Ok.` or `Fails.`; 5.x answers 204 on success and 401 on
-//!   bad credentials. Every version answers 403 once it has banned the address after too
+//! - Login: 4.x returns 200 with `Ok.` or `Fails.`, and 5.x returns 204 on success and 401
+//!   on bad credentials. Every version returns 403 once it has banned the address after too
 //!   many failures, so a failed login is reported and never retried in a loop.
 //! - A request with an expired session gets 403; the client logs in again once and retries.
 //! - States: 4.x `pausedUP`/`pausedDL` are `stoppedUP`/`stoppedDL` in 5.x; `forcedMetaDL`
@@ -231,7 +231,7 @@ impl RawTorrent {
             has_metadata,
             added_at: unix_time(self.added_on),
             done_at: unix_time(self.completion_on),
-            // The list carries no error text; the state says there is one.
+            // The list carries no error text, only the error state.
             error: (state == TorrentState::Error)
                 .then(|| "qBittorrent reports an error".to_owned()),
         }
@@ -245,7 +245,7 @@ fn map_state(state: &str) -> TorrentState {
         "uploading" | "stalledUP" | "forcedUP" => TorrentState::Seeding,
         "pausedUP" | "stoppedUP" | "pausedDL" | "stoppedDL" => TorrentState::Stopped,
         "queuedUP" | "queuedDL" => TorrentState::Queued,
-        // Allocating comes before a check of existing data, so it says nothing yet.
+        // Allocating comes before a check of existing data, so it tells nothing yet.
         "checkingUP" | "checkingDL" | "checkingResumeData" | "allocating" => TorrentState::Checking,
         "downloading" | "stalledDL" | "forcedDL" => TorrentState::Downloading,
         "metaDL" | "forcedMetaDL" => TorrentState::FetchingMetadata,

@@ -4,9 +4,9 @@
 //! Transmission 3.00 and 4.0 speak the legacy protocol (`{"method","arguments","tag"}`,
 //! camelCase fields). Transmission 4.1 (`rpc-version` 18) adds JSON-RPC 2.0
 //! (`{"jsonrpc":"2.0","method","params","id"}`, snake_case methods and fields) and keeps the
-//! legacy protocol as deprecated, to be removed in 5.0. The client asks `session-get` in the
-//! legacy form, which every version from 3.00 to 4.1 answers, and switches to JSON-RPC 2.0 when
-//! the server reports `rpc-version` 18 or more or answers with a JSON-RPC envelope. Field
+//! legacy protocol as deprecated, to be removed in 5.0. The client sends `session-get` in the
+//! legacy form, which every version from 3.00 to 4.1 accepts, and switches to JSON-RPC 2.0 when
+//! the server reports `rpc-version` 18 or more or replies with a JSON-RPC envelope. Field
 //! names are accepted in both spellings either way.
 //!
 //! This is a thin client on reqwest rather than the `transmission-rpc` crate (0.5), which
@@ -106,7 +106,7 @@ impl Transmission {
         })
     }
 
-    /// The protocol in use, once detected.
+    /// Returns the protocol in use, once detected.
     pub fn dialect(&self) -> Option<Dialect> {
         self.dialect
     }
@@ -210,8 +210,9 @@ impl Transmission {
         result.cloned().map_err(|error| self.rpc_error(error))
     }
 
-    /// Posts a request, answering one 409 with the session id it carries. A second 409 in a
-    /// row is an error, so a server that rotates its id on every request cannot loop us.
+    /// Posts a request and, after a 409, resends it once with the session id that the 409
+    /// carries. A second 409 in a row is an error, so a server that rotates its id on every
+    /// request cannot keep the client in a loop.
     async fn post(&mut self, request: &Value) -> Result<Value, ClientError> {
         for attempt in 0..2 {
             let mut builder = self.http.post(self.url.clone()).json(request);

@@ -1,5 +1,5 @@
 //! A minimal HTTP/1.1 server on loopback for fakes of the torrent clients' APIs: one request
-//! per connection, answered by a closure that sees the method, path, headers and body.
+//! per connection, handled by a closure that receives the method, path, headers and body.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

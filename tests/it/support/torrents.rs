@@ -14,7 +14,7 @@ use almagest::torrent::model::{InfoHash, Torrent, TorrentState};
 pub const WAIT: Duration = Duration::from_secs(30);
 
 /// Finds a free TCP port on loopback. The port is released before the daemon binds it, so
-/// another process could take it in between; the daemon then fails to start and the test
+/// another process could take it in between. The daemon then fails to start, and the test
 /// reports that.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -183,7 +183,7 @@ impl Poller {
         }
     }
 
-    /// The kinds of the events gathered so far for `hash`.
+    /// Returns the kinds of the events gathered so far for `hash`.
     pub fn kinds(&self, hash: &InfoHash) -> Vec<EventKind> {
         self.events
             .iter()

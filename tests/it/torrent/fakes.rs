@@ -29,7 +29,7 @@ fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A Transmission 3.00 fake whose current session id the test can change.
+/// Starts a Transmission 3.00 fake whose current session id the test can change.
 async fn transmission_fake(session: Arc<Mutex<String>>) -> FakeServer {
     FakeServer::start(move |request: &Request| {
         let current = session.lock().unwrap().clone();
@@ -135,7 +135,7 @@ async fn transmission_4_1_uses_json_rpc() {
     let server = FakeServer::start(|request: &Request| {
         let body = request.json();
         if body.get("jsonrpc").is_none() {
-            // Transmission 4.1 still answers the legacy session-get, with rpc-version 18.
+            // Transmission 4.1 still accepts the legacy session-get and reports rpc-version 18.
             return Response::json(json!({
                 "arguments": {"rpc-version": 18, "version": "4.1.0 (6b8b1d7c4b)"},
                 "result": "success", "tag": body["tag"],
@@ -197,8 +197,8 @@ struct QbitSessions {
     logins: usize,
 }
 
-/// A qBittorrent 5.2 fake: login answers 204 with a `QBT_SID_8080` cookie (or 401 for a bad
-/// password), and `torrents/info` answers 403 without a valid session.
+/// Starts a qBittorrent 5.2 fake: login returns 204 with a `QBT_SID_8080` cookie (or 401 for
+/// a bad password), and `torrents/info` returns 403 without a valid session.
 async fn qbittorrent_5_fake(sessions: Arc<Mutex<QbitSessions>>) -> FakeServer {
     FakeServer::start(move |request: &Request| {
         let mut sessions = sessions.lock().unwrap();
