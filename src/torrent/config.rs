@@ -17,8 +17,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
+
+use crate::config::{Context, Problems, Secret, SecretSource};
 
 /// Default poll period. Short enough that "download finished" arrives while people still
 /// care, long enough that a list of a few thousand torrents costs the client little.
@@ -78,7 +80,7 @@ impl fmt::Debug for RawClientConfig {
             .field("kind", &self.kind)
             .field("url", &self.url)
             .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password", &self.password.as_ref().map(|_| "********"))
             .field("password_file", &self.password_file)
             .field("password_env", &self.password_env)
             .finish()
@@ -86,21 +88,41 @@ impl fmt::Debug for RawClientConfig {
 }
 
 /// The validated `[torrent]` section.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct TorrentConfig {
     pub clients: Vec<ClientConfig>,
-    pub poll_interval: Duration,
+    pub poll_interval_secs: u64,
     pub notify_added_complete: bool,
     pub notify_added: bool,
     pub notify_errors: bool,
     pub notify_removed: bool,
-    pub down_after: Duration,
-    pub request_timeout: Duration,
-    pub seen_ttl: Duration,
+    pub down_after_secs: u64,
+    pub request_timeout_secs: u64,
+    pub seen_ttl_days: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+impl TorrentConfig {
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_secs(self.poll_interval_secs)
+    }
+
+    pub fn down_after(&self) -> Duration {
+        Duration::from_secs(self.down_after_secs)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    pub fn seen_ttl(&self) -> Duration {
+        Duration::from_secs(self.seen_ttl_days * 86_400)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ClientKind {
     Transmission,
     Qbittorrent,
@@ -116,151 +138,97 @@ impl ClientKind {
 }
 
 /// One validated torrent client.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct ClientConfig {
     pub name: String,
     pub kind: ClientKind,
     /// Transmission: the RPC URL. qBittorrent: the WebUI base URL.
+    #[serde(serialize_with = "serialize_url")]
     pub url: Url,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<Credentials>,
 }
 
-/// A user name and its password. The password is never printed.
-#[derive(Clone)]
+fn serialize_url<S: serde::Serializer>(url: &Url, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(url.as_str())
+}
+
+/// A user name and its password. The password prints and serializes masked.
+#[derive(Clone, Debug, Serialize)]
 pub struct Credentials {
     pub username: String,
     pub password: Secret,
 }
 
-impl fmt::Debug for Credentials {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter
-            .debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("password", &self.password)
-            .finish()
-    }
-}
-
-/// A secret string whose `Debug` and `Display` print `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// Returns the secret itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str("<redacted>")
-    }
-}
-
-/// One problem found in the section: the full key, what is wrong and the expected form.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {message}")]
-pub struct ConfigProblem {
-    pub key: String,
-    pub message: String,
-}
-
-impl ConfigProblem {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
-
 impl RawTorrentConfig {
-    /// Validates the section, reading password files and variables, and returns every problem
-    /// found, not only the first.
-    pub fn validate(&self) -> Result<TorrentConfig, Vec<ConfigProblem>> {
-        let mut problems = Vec::new();
-        let clients = self.validate_clients(&mut problems);
-
-        let poll_interval = seconds(
+    /// Validates the section, reading password files and variables, and records every
+    /// problem found under its full key.
+    pub fn validate(self, problems: &mut Problems, ctx: &Context) -> TorrentConfig {
+        let clients = self.validate_clients(problems, ctx);
+        let poll_interval_secs = seconds(
             "torrent.poll_interval_secs",
             self.poll_interval_secs
                 .unwrap_or(DEFAULT_POLL_INTERVAL_SECS),
             1..=86_400,
-            &mut problems,
+            problems,
         );
-        let down_after = seconds(
+        let down_after_secs = seconds(
             "torrent.down_after_secs",
             self.down_after_secs.unwrap_or(DEFAULT_DOWN_AFTER_SECS),
             0..=604_800,
-            &mut problems,
+            problems,
         );
-        let request_timeout = seconds(
+        let request_timeout_secs = seconds(
             "torrent.request_timeout_secs",
             self.request_timeout_secs
                 .unwrap_or(DEFAULT_REQUEST_TIMEOUT_SECS),
             1..=300,
-            &mut problems,
+            problems,
         );
-        let ttl_days = self.seen_ttl_days.unwrap_or(DEFAULT_SEEN_TTL_DAYS);
-        if !(1..=3650).contains(&ttl_days) {
-            problems.push(ConfigProblem::new(
+        let seen_ttl_days = self.seen_ttl_days.unwrap_or(DEFAULT_SEEN_TTL_DAYS);
+        if !(1..=3650).contains(&seen_ttl_days) {
+            problems.push(
                 "torrent.seen_ttl_days",
-                format!("invalid value {ttl_days}: expected 1 to 3650 days"),
-            ));
+                format!("invalid value {seen_ttl_days}: expected 1 to 3650 days"),
+            );
         }
         if let Some(route) = &self.route
             && route.trim().is_empty()
         {
-            problems.push(ConfigProblem::new(
+            problems.push(
                 "torrent.route",
                 "invalid value \"\": expected a route name, or leave the key out",
-            ));
+            );
         }
-
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        Ok(TorrentConfig {
+        TorrentConfig {
             clients,
-            poll_interval,
+            poll_interval_secs,
             notify_added_complete: self.notify_added_complete,
             notify_added: self.notify_added.unwrap_or(true),
             notify_errors: self.notify_errors,
             notify_removed: self.notify_removed,
-            down_after,
-            request_timeout,
-            seen_ttl: Duration::from_secs(ttl_days * 86_400),
-            route: self.route.clone(),
-        })
+            down_after_secs,
+            request_timeout_secs,
+            seen_ttl_days,
+            route: self.route,
+        }
     }
 
-    fn validate_clients(&self, problems: &mut Vec<ConfigProblem>) -> Vec<ClientConfig> {
+    fn validate_clients(&self, problems: &mut Problems, ctx: &Context) -> Vec<ClientConfig> {
         let mut clients: Vec<ClientConfig> = Vec::new();
         for (index, raw) in self.clients.iter().enumerate() {
             let key = format!("torrent.clients[{index}]");
-            let Some(client) = raw.validate(&key, problems) else {
+            let Some(client) = raw.validate(&key, problems, ctx) else {
                 continue;
             };
             if clients.iter().any(|other| other.name == client.name) {
-                problems.push(ConfigProblem::new(
+                problems.push(
                     format!("{key}.name"),
                     format!(
                         "duplicate name {:?}: every client needs its own name",
                         client.name
                     ),
-                ));
+                );
                 continue;
             }
             clients.push(client);
@@ -270,120 +238,109 @@ impl RawTorrentConfig {
 }
 
 impl RawClientConfig {
-    fn validate(&self, key: &str, problems: &mut Vec<ConfigProblem>) -> Option<ClientConfig> {
-        let before = problems.len();
+    fn validate(&self, key: &str, problems: &mut Problems, ctx: &Context) -> Option<ClientConfig> {
         let name = validate_name(key, self.name.as_deref(), problems);
         let kind = validate_kind(key, self.kind.as_deref(), problems);
         let url = kind.and_then(|kind| validate_url(key, kind, self.url.as_deref(), problems));
-        let credentials = self.validate_credentials(key, problems);
-        if problems.len() > before {
-            return None;
-        }
+        let credentials = self.validate_credentials(key, problems, ctx);
         Some(ClientConfig {
             name: name?,
             kind: kind?,
             url: url?,
-            credentials,
+            credentials: credentials.ok()?,
         })
     }
 
+    /// Returns the credentials (`Ok(None)` when neither a user name nor a password is set),
+    /// or `Err(())` after recording a problem.
     fn validate_credentials(
         &self,
         key: &str,
-        problems: &mut Vec<ConfigProblem>,
-    ) -> Option<Credentials> {
-        let password = match resolve_secret(
-            &format!("{key}.password"),
-            self.password.as_deref(),
-            self.password_file.as_deref(),
-            self.password_env.as_deref(),
-        ) {
-            Ok(password) => password,
-            Err(problem) => {
-                problems.push(problem);
-                return None;
-            }
+        problems: &mut Problems,
+        ctx: &Context,
+    ) -> Result<Option<Credentials>, ()> {
+        let source = SecretSource {
+            inline: self.password.as_deref(),
+            file: self.password_file.as_deref(),
+            env: self.password_env.as_deref(),
         };
+        let password_key = format!("{key}.password");
+        let password = source.resolve(&password_key, problems, ctx);
+        if source.is_set() && password.is_none() {
+            return Err(());
+        }
         match (self.username.as_deref(), password) {
             (Some(""), _) => {
-                problems.push(ConfigProblem::new(
+                problems.push(
                     format!("{key}.username"),
                     "invalid value \"\": expected the client's user name, or leave out both \
                      the user name and the password",
-                ));
-                None
+                );
+                Err(())
             }
-            (Some(username), Some(password)) => Some(Credentials {
+            (Some(username), Some(password)) => Ok(Some(Credentials {
                 username: username.to_owned(),
                 password,
-            }),
-            (None, None) => None,
+            })),
+            (None, None) => Ok(None),
             (Some(_), None) => {
-                problems.push(ConfigProblem::new(
-                    format!("{key}.password"),
+                problems.push(
+                    password_key,
                     "missing: a username needs one of password, password_file or password_env",
-                ));
-                None
+                );
+                Err(())
             }
             (None, Some(_)) => {
-                problems.push(ConfigProblem::new(
+                problems.push(
                     format!("{key}.username"),
                     "missing: a password needs a username",
-                ));
-                None
+                );
+                Err(())
             }
         }
     }
 }
 
-fn validate_name(
-    key: &str,
-    name: Option<&str>,
-    problems: &mut Vec<ConfigProblem>,
-) -> Option<String> {
+fn validate_name(key: &str, name: Option<&str>, problems: &mut Problems) -> Option<String> {
     let Some(name) = name else {
-        problems.push(ConfigProblem::new(
+        problems.push(
             format!("{key}.name"),
             "missing: expected a short name such as \"nas\"",
-        ));
+        );
         return None;
     };
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
     let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if !first_ok || !rest_ok || name.len() > 64 {
-        problems.push(ConfigProblem::new(
+        problems.push(
             format!("{key}.name"),
             format!(
                 "invalid value {name:?}: use letters, digits and _.- (starting with a letter or \
                  digit, at most 64)"
             ),
-        ));
+        );
         return None;
     }
     Some(name.to_owned())
 }
 
-fn validate_kind(
-    key: &str,
-    kind: Option<&str>,
-    problems: &mut Vec<ConfigProblem>,
-) -> Option<ClientKind> {
+fn validate_kind(key: &str, kind: Option<&str>, problems: &mut Problems) -> Option<ClientKind> {
     match kind {
         Some("transmission") => Some(ClientKind::Transmission),
         Some("qbittorrent") => Some(ClientKind::Qbittorrent),
         Some(other) => {
-            problems.push(ConfigProblem::new(
+            problems.push(
                 format!("{key}.kind"),
                 format!("invalid value {other:?}: expected \"transmission\" or \"qbittorrent\""),
-            ));
+            );
             None
         }
         None => {
-            problems.push(ConfigProblem::new(
+            problems.push(
                 format!("{key}.kind"),
                 "missing: expected \"transmission\" or \"qbittorrent\"",
-            ));
+            );
             None
         }
     }
@@ -393,7 +350,7 @@ fn validate_url(
     key: &str,
     kind: ClientKind,
     url: Option<&str>,
-    problems: &mut Vec<ConfigProblem>,
+    problems: &mut Problems,
 ) -> Option<Url> {
     let key = format!("{key}.url");
     let expected = match kind {
@@ -403,16 +360,13 @@ fn validate_url(
         ClientKind::Qbittorrent => "expected the WebUI base URL, such as http://127.0.0.1:8080",
     };
     let Some(text) = url else {
-        problems.push(ConfigProblem::new(key, format!("missing: {expected}")));
+        problems.push(key, format!("missing: {expected}"));
         return None;
     };
     let parsed = match Url::parse(text) {
         Ok(parsed) => parsed,
         Err(error) => {
-            problems.push(ConfigProblem::new(
-                key,
-                format!("invalid URL {text:?} ({error}): {expected}"),
-            ));
+            problems.push(key, format!("invalid URL {text:?} ({error}): {expected}"));
             return None;
         }
     };
@@ -433,13 +387,13 @@ fn validate_url(
         // A URL with a password is shown without it.
         let mut shown = parsed.clone();
         let _ = shown.set_password(None);
-        problems.push(ConfigProblem::new(
+        problems.push(
             key,
             format!(
                 "invalid URL \"{shown}\": {}; {expected}",
                 reasons.join("; ")
             ),
-        ));
+        );
         return None;
     }
     Some(parsed)
@@ -449,78 +403,66 @@ fn seconds(
     key: &str,
     value: u64,
     range: std::ops::RangeInclusive<u64>,
-    problems: &mut Vec<ConfigProblem>,
-) -> Duration {
+    problems: &mut Problems,
+) -> u64 {
     if !range.contains(&value) {
-        problems.push(ConfigProblem::new(
+        problems.push(
             key,
             format!(
                 "invalid value {value}: expected {} to {} seconds",
                 range.start(),
                 range.end()
             ),
-        ));
+        );
     }
-    Duration::from_secs(value)
-}
-
-/// Reads a secret from at most one of its three sources: the inline value, a file (trailing
-/// newline trimmed) or a named environment variable. `key` is the inline key, such as
-/// `torrent.clients[0].password`; problems name the source key and never the secret.
-pub fn resolve_secret(
-    key: &str,
-    inline: Option<&str>,
-    file: Option<&std::path::Path>,
-    env: Option<&str>,
-) -> Result<Option<Secret>, ConfigProblem> {
-    let given = [inline.is_some(), file.is_some(), env.is_some()];
-    if given.iter().filter(|given| **given).count() > 1 {
-        return Err(ConfigProblem::new(
-            key,
-            format!("set only one of {key}, {key}_file and {key}_env"),
-        ));
-    }
-    if let Some(value) = inline {
-        return Ok(Some(Secret::new(value)));
-    }
-    if let Some(path) = file {
-        return match std::fs::read_to_string(path) {
-            Ok(text) => Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n'])))),
-            Err(error) => Err(ConfigProblem::new(
-                format!("{key}_file"),
-                format!("cannot read {}: {error}", path.display()),
-            )),
-        };
-    }
-    if let Some(name) = env {
-        return match std::env::var(name) {
-            Ok(value) => Ok(Some(Secret::new(value))),
-            Err(_) => Err(ConfigProblem::new(
-                format!("{key}_env"),
-                format!("environment variable {name:?} is not set or not UTF-8"),
-            )),
-        };
-    }
-    Ok(None)
+    value
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use crate::config::{Config, Problem};
+
     use super::*;
 
-    fn parse(text: &str) -> RawTorrentConfig {
-        toml::from_str(text).expect("test config parses")
+    fn load(text: &str) -> Result<Config, Vec<Problem>> {
+        load_with_env(text, &[])
     }
 
-    fn problems(text: &str) -> Vec<ConfigProblem> {
-        parse(text).validate().expect_err("config is invalid")
+    fn load_with_env(text: &str, env: &[(&str, &str)]) -> Result<Config, Vec<Problem>> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        Config::from_toml(text, Path::new("test.toml"), env)
+            .map_err(|error| error.problems().to_vec())
+    }
+
+    fn torrent(text: &str) -> TorrentConfig {
+        load(text)
+            .expect("config is valid")
+            .torrent
+            .expect("torrent section present")
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        load(text).expect_err("config is invalid")
+    }
+
+    fn keys(problems: &[Problem]) -> Vec<&str> {
+        problems
+            .iter()
+            .map(|problem| problem.key.as_str())
+            .collect()
     }
 
     #[test]
     fn empty_section_uses_defaults() {
-        let config = parse("").validate().unwrap();
-        assert_eq!(config.poll_interval, Duration::from_secs(15));
-        assert_eq!(config.down_after, Duration::from_secs(300));
+        let config = torrent("[torrent]");
+        assert_eq!(config.poll_interval(), Duration::from_secs(15));
+        assert_eq!(config.down_after(), Duration::from_secs(300));
         assert!(config.clients.is_empty());
         assert!(config.notify_added);
         assert!(!config.notify_added_complete);
@@ -528,23 +470,21 @@ mod tests {
 
     #[test]
     fn valid_clients_validate() {
-        let config = parse(
+        let config = torrent(
             r#"
-            [[clients]]
+            [[torrent.clients]]
             name = "nas"
             kind = "transmission"
             url = "http://127.0.0.1:9091/transmission/rpc"
             username = "u"
             password = "p"
 
-            [[clients]]
+            [[torrent.clients]]
             name = "qb"
             kind = "qbittorrent"
             url = "http://127.0.0.1:8080"
             "#,
-        )
-        .validate()
-        .unwrap();
+        );
         assert_eq!(config.clients.len(), 2);
         assert_eq!(config.clients[0].kind, ClientKind::Transmission);
         assert!(config.clients[1].credentials.is_none());
@@ -554,19 +494,20 @@ mod tests {
     fn every_problem_is_reported() {
         let found = problems(
             r#"
+            [torrent]
             poll_interval_secs = 0
-            [[clients]]
+            [[torrent.clients]]
             name = "ok"
             kind = "transmission"
             url = "http://127.0.0.1:9091/transmission/rpc"
 
-            [[clients]]
+            [[torrent.clients]]
             name = "bad name"
             kind = "deluge"
             url = "ftp://x"
             "#,
         );
-        let keys: Vec<&str> = found.iter().map(|problem| problem.key.as_str()).collect();
+        let keys = keys(&found);
         assert!(keys.contains(&"torrent.poll_interval_secs"), "{keys:?}");
         assert!(keys.contains(&"torrent.clients[1].name"), "{keys:?}");
         assert!(keys.contains(&"torrent.clients[1].kind"), "{keys:?}");
@@ -576,18 +517,17 @@ mod tests {
     fn url_problem_names_key_value_and_form() {
         let found = problems(
             r#"
-            [[clients]]
+            [[torrent.clients]]
             name = "a"
             kind = "qbittorrent"
             url = "http://127.0.0.1:8080"
-            [[clients]]
+            [[torrent.clients]]
             name = "b"
             kind = "transmission"
             url = "ftp://nas:9091/transmission/rpc"
             "#,
         );
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].key, "torrent.clients[1].url");
+        assert_eq!(keys(&found), vec!["torrent.clients[1].url"]);
         assert!(found[0].message.contains("ftp://nas:9091/transmission/rpc"));
         assert!(
             found[0]
@@ -599,7 +539,7 @@ mod tests {
     #[test]
     fn transmission_url_needs_rpc_path() {
         let found = problems(
-            "[[clients]]\nname = \"a\"\nkind = \"transmission\"\nurl = \"http://nas:9091\"",
+            "[[torrent.clients]]\nname = \"a\"\nkind = \"transmission\"\nurl = \"http://nas:9091\"",
         );
         assert!(found[0].message.contains("/transmission/rpc"));
     }
@@ -607,7 +547,7 @@ mod tests {
     #[test]
     fn url_password_is_not_echoed() {
         let found = problems(
-            "[[clients]]\nname = \"a\"\nkind = \"qbittorrent\"\nurl = \"http://u:hunter2@nas:8080\"",
+            "[[torrent.clients]]\nname = \"a\"\nkind = \"qbittorrent\"\nurl = \"http://u:hunter2@nas:8080\"",
         );
         assert!(!found[0].to_string().contains("hunter2"), "{}", found[0]);
     }
@@ -616,24 +556,24 @@ mod tests {
     fn duplicate_names_are_rejected() {
         let found = problems(
             r#"
-            [[clients]]
+            [[torrent.clients]]
             name = "a"
             kind = "qbittorrent"
             url = "http://127.0.0.1:8080"
-            [[clients]]
+            [[torrent.clients]]
             name = "a"
             kind = "qbittorrent"
             url = "http://127.0.0.1:8081"
             "#,
         );
-        assert_eq!(found[0].key, "torrent.clients[1].name");
+        assert_eq!(keys(&found), vec!["torrent.clients[1].name"]);
     }
 
     #[test]
     fn two_password_sources_are_rejected() {
         let found = problems(
             r#"
-            [[clients]]
+            [[torrent.clients]]
             name = "a"
             kind = "qbittorrent"
             url = "http://127.0.0.1:8080"
@@ -642,52 +582,46 @@ mod tests {
             password_env = "X"
             "#,
         );
-        assert_eq!(found[0].key, "torrent.clients[0].password");
+        assert_eq!(keys(&found), vec!["torrent.clients[0].password"]);
         assert!(!found[0].message.contains("hunter2"));
     }
 
     #[test]
     fn username_without_password_is_rejected() {
         let found = problems(
-            "[[clients]]\nname = \"a\"\nkind = \"qbittorrent\"\nurl = \"http://h:1\"\nusername = \"u\"",
+            "[[torrent.clients]]\nname = \"a\"\nkind = \"qbittorrent\"\nurl = \"http://h:1\"\nusername = \"u\"",
         );
-        assert_eq!(found[0].key, "torrent.clients[0].password");
+        assert_eq!(keys(&found), vec!["torrent.clients[0].password"]);
     }
 
     #[test]
-    fn password_file_is_read_and_trimmed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pw");
-        std::fs::write(&path, "hunter2\n").unwrap();
-        let secret = resolve_secret("k", None, Some(&path), None)
-            .unwrap()
-            .unwrap();
-        assert_eq!(secret.expose(), "hunter2");
-    }
-
-    #[test]
-    fn missing_password_file_names_file_key() {
-        let problem = resolve_secret(
-            "k",
-            None,
-            Some(std::path::Path::new("/nonexistent/pw")),
-            None,
+    fn password_env_is_read() {
+        let config = load_with_env(
+            "[[torrent.clients]]\nname = \"a\"\nkind = \"qbittorrent\"\nurl = \"http://h:1\"\n\
+             username = \"u\"\npassword_env = \"QB_PASSWORD\"",
+            &[("QB_PASSWORD", "hunter2")],
         )
-        .unwrap_err();
-        assert_eq!(problem.key, "k_file");
+        .unwrap();
+        let client = &config.torrent.unwrap().clients[0];
+        assert_eq!(
+            client.credentials.as_ref().unwrap().password.expose(),
+            "hunter2"
+        );
     }
 
     #[test]
-    fn debug_output_hides_password() {
+    fn masked_output_hides_password() {
+        let config = load(
+            "[[torrent.clients]]\nname = \"a\"\nkind = \"qbittorrent\"\nurl = \"http://h:1\"\n\
+             username = \"u\"\npassword = \"hunter2\"",
+        )
+        .unwrap();
+        assert!(!config.to_masked_toml().contains("hunter2"));
+        assert!(!format!("{config:?}").contains("hunter2"));
         let raw = RawClientConfig {
             password: Some("hunter2".into()),
             ..Default::default()
         };
         assert!(!format!("{raw:?}").contains("hunter2"));
-        let credentials = Credentials {
-            username: "u".into(),
-            password: Secret::new("hunter2"),
-        };
-        assert!(!format!("{credentials:?}").contains("hunter2"));
     }
 }

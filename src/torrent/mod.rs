@@ -20,3 +20,6 @@ pub mod model;
 pub mod notice;
 pub mod qbittorrent;
 pub mod transmission;
+
+/// Service name, in actor names, events (`P:events:torrent`) and logs.
+pub const NAME: &str = "torrent";

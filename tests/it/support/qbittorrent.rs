@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use almagest::config::Secret;
 use almagest::torrent::client::TorrentClient;
-use almagest::torrent::config::{ClientConfig, ClientKind, Credentials, Secret};
+use almagest::torrent::config::{ClientConfig, ClientKind, Credentials};
 use almagest::torrent::model::InfoHash;
 use tokio::process::{Child, Command};
 

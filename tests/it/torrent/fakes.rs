@@ -8,8 +8,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use almagest::config::Secret;
 use almagest::torrent::client::{ClientError, TorrentClient};
-use almagest::torrent::config::{ClientConfig, ClientKind, Credentials, Secret};
+use almagest::torrent::config::{ClientConfig, ClientKind, Credentials};
 use almagest::torrent::model::TorrentState;
 use almagest::torrent::transmission::{Dialect, Transmission};
 use serde_json::json;
