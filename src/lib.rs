@@ -66,6 +66,13 @@ fn service_specs(config: &Arc<Config>, bus: &Bus) -> Vec<ChildSpec> {
             bus,
         ));
     }
+    if let Some(torrent) = &config.torrent {
+        specs.push(supervisor::service_spec::<torrent::TorrentService>(
+            torrent.clone(),
+            config,
+            bus,
+        ));
+    }
     specs
 }
 

@@ -19,7 +19,10 @@ pub mod hook;
 pub mod model;
 pub mod notice;
 pub mod qbittorrent;
+pub mod service;
 pub mod transmission;
+
+pub use service::TorrentService;
 
 /// Service name, in actor names, events (`P:events:torrent`) and logs.
 pub const NAME: &str = "torrent";
