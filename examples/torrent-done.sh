@@ -20,6 +20,7 @@
 #   ALMAGEST_PREFIX  bus.prefix (default: almagest)
 #   REDIS_URL        redis://host:port/db (default: redis://127.0.0.1:6379); put a password
 #                    in REDISCLI_AUTH, not in the URL, so that it stays out of `ps`.
+#   REDIS_SOCKET     path of Redis's unix socket; used instead of REDIS_URL when set
 set -eu
 
 if [ "$#" -ge 1 ]; then
@@ -51,5 +52,8 @@ case $client in
         ;;
 esac
 
-exec redis-cli -u "$redis_url" PUBLISH "$prefix:torrent:done" \
-    "{\"client\":\"$client\",\"hash\":\"$hash\"}" >/dev/null
+message="{\"client\":\"$client\",\"hash\":\"$hash\"}"
+if [ -n "${REDIS_SOCKET:-}" ]; then
+    exec redis-cli -s "$REDIS_SOCKET" PUBLISH "$prefix:torrent:done" "$message" >/dev/null
+fi
+exec redis-cli -u "$redis_url" PUBLISH "$prefix:torrent:done" "$message" >/dev/null

@@ -64,7 +64,15 @@ pub struct FakeServer {
 
 impl FakeServer {
     pub async fn start(handler: impl Fn(&Request) -> Response + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on(0, handler).await
+    }
+
+    /// Starts on a given loopback port (0 for any free one).
+    pub async fn start_on(
+        port: u16,
+        handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("loopback bind");
         let port = listener.local_addr().expect("bound address").port();

@@ -6,6 +6,7 @@
 pub mod fake_http;
 pub mod qbittorrent;
 pub mod redis_server;
+pub mod torrent_service;
 pub mod torrents;
 pub mod transmission;
 

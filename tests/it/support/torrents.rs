@@ -87,6 +87,15 @@ pub fn make_torrent(payload: &Path, out_dir: &Path) -> (PathBuf, InfoHash) {
     )
 }
 
+/// The file name under which Transmission 3.00 stores a payload: it replaces the characters
+/// that Windows reserves with `_` (seen with `transmission-show`), so data put in place for a
+/// re-check must use this name.
+pub fn on_disk_name(name: &str) -> String {
+    name.chars()
+        .map(|c| if "\"*:<>?\\|".contains(c) { '_' } else { c })
+        .collect()
+}
+
 fn hex_name(bytes: &[u8]) -> String {
     bytes
         .iter()

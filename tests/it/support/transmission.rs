@@ -35,6 +35,7 @@ impl TransmissionDaemon {
         if !needed.iter().all(|program| have_program(program, test)) {
             return None;
         }
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("temporary directory");
         std::fs::create_dir_all(dir.path().join("config")).expect("config folder");
         std::fs::create_dir_all(dir.path().join("downloads")).expect("download folder");

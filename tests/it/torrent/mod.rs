@@ -3,4 +3,5 @@
 
 mod fakes;
 mod qbittorrent;
+mod service;
 mod transmission;
