@@ -1,5 +1,5 @@
-//! The `[torrent]` config section: the raw form that serde reads, its validation into
-//! [`TorrentConfig`], and password resolution.
+//! The `[torrent]` config section: the raw form that serde reads and its validation into
+//! [`TorrentConfig`], with passwords resolved through the shared secret sources.
 //!
 //! ```toml
 //! [torrent]

@@ -28,7 +28,7 @@ use crate::bus::wire::{self, Notification};
 use crate::bus::{BusError, BusMessage, Topic, Write};
 use crate::service::{Context, Service, ServiceError, ServiceMessage};
 
-/// Longest wait between polls of a failing client: short enough that "back" is noticed
+/// Maximum wait between polls of a failing client: short enough that "back" is noticed
 /// within minutes, long enough not to hammer a client that is down for a night.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Shortest time a stored torrent must be missing before it counts as removed; see
@@ -146,7 +146,7 @@ impl Service for TorrentService {
 }
 
 /// Polls one client until the task is dropped: at once, then every `interval`, or sooner
-/// when woken; after failures the wait doubles up to [`MAX_BACKOFF`].
+/// when woken. After failures the wait doubles up to [`MAX_BACKOFF`].
 async fn poll_loop(
     mut client: TorrentClient,
     index: usize,

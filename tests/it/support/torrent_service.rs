@@ -7,7 +7,7 @@ use almagest::torrent::model::InfoHash;
 
 use super::{RedisServer, Subscription};
 
-/// A `[torrent]` section with one client, polled every second.
+/// Builds a `[torrent]` section with one client, polled every second.
 pub fn torrent_section(name: &str, kind: &str, url: &str, password: &str, extra: &str) -> String {
     format!(
         "[torrent]\npoll_interval_secs = 1\n{extra}\n\n[[torrent.clients]]\nname = \"{name}\"\n\
@@ -41,7 +41,7 @@ pub async fn notices(redis: &RedisServer, names: &Names) -> Vec<serde_json::Valu
         .collect()
 }
 
-/// Whether the service has stored that it saw `hash` incomplete, so that its completion is
+/// Returns whether the service has stored that it saw `hash` incomplete, so that its completion is
 /// news and not "added with its data in place".
 pub async fn seen_incomplete(redis: &RedisServer, names: &Names, hash: &InfoHash) -> bool {
     let mut connection = redis.connection().await;
@@ -55,7 +55,7 @@ pub async fn seen_incomplete(redis: &RedisServer, names: &Names, hash: &InfoHash
         .is_some_and(|seen| seen["seen_incomplete"] == true)
 }
 
-/// Whether a key exists.
+/// Returns whether a key exists.
 pub async fn exists(redis: &RedisServer, key: &str) -> bool {
     let mut connection = redis.connection().await;
     redis::cmd("EXISTS")
