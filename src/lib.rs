@@ -19,6 +19,7 @@ pub mod control;
 pub mod service;
 pub mod supervisor;
 pub mod telemetry;
+pub mod torrent;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -61,6 +62,13 @@ fn service_specs(config: &Arc<Config>, bus: &Bus) -> Vec<ChildSpec> {
     if let Some(control) = &config.control {
         specs.push(supervisor::service_spec::<control::Control>(
             control.clone(),
+            config,
+            bus,
+        ));
+    }
+    if let Some(torrent) = &config.torrent {
+        specs.push(supervisor::service_spec::<torrent::TorrentService>(
+            torrent.clone(),
             config,
             bus,
         ));

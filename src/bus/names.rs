@@ -161,6 +161,12 @@ impl Names {
         self.join(&format!("torrent:seen:{hash}"))
     }
 
+    /// `P:torrent:baseline:<client>`: set once a client's first poll is stored, so that later
+    /// polls announce what is new.
+    pub fn torrent_baseline(&self, client: &str) -> String {
+        self.join(&format!("torrent:baseline:{client}"))
+    }
+
     /// `P:dns:clients:<day>`: queries per client on a UTC day.
     pub fn dns_clients(&self, day: &str) -> String {
         self.join(&format!("dns:clients:{day}"))

@@ -3,7 +3,12 @@
 
 #![allow(dead_code)]
 
+pub mod fake_http;
+pub mod qbittorrent;
 pub mod redis_server;
+pub mod torrent_service;
+pub mod torrents;
+pub mod transmission;
 
 use std::collections::HashMap;
 use std::future::Future;
