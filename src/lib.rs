@@ -12,6 +12,7 @@
 //! `I` is `bus.instance`, so several daemons can share a process (tests do) or a Redis.
 //! [`run`] starts the tree and stops it when the shutdown future completes.
 
+pub mod builder;
 pub mod bus;
 pub mod cli;
 pub mod config;

@@ -1,0 +1,21 @@
+//! The builder service: keeps self-hosted things at their newest release. For each target it
+//! polls a GitHub-compatible releases API, picks the newest matching release, and builds it:
+//! download the asset, unpack it into a volume and switch the volume's `current` link, run a
+//! command, restart a Kubernetes Deployment.
+//!
+//! Parts, by role: [`config`] (the `[builder]` section), [`releases`] (the API client),
+//! [`select`] (which release is the candidate), [`state`] (stored state and the polling
+//! decision), [`build`] (the steps, with [`download`], [`unpack`], [`volume`], [`command`]
+//! and [`kube`]), and [`runner`] (one build at a time per target).
+
+pub mod build;
+pub mod command;
+pub mod config;
+pub mod download;
+pub mod kube;
+pub mod releases;
+pub mod runner;
+pub mod select;
+pub mod state;
+pub mod unpack;
+pub mod volume;
