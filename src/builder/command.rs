@@ -48,7 +48,7 @@ pub enum CommandError {
 }
 
 impl CommandError {
-    /// The output tail, when the command ran.
+    /// Returns the output tail, when the command ran.
     pub fn tail(&self) -> Option<&str> {
         match self {
             CommandError::Failed { tail, .. } | CommandError::TimedOut { tail, .. } => Some(tail),
@@ -57,7 +57,7 @@ impl CommandError {
     }
 }
 
-/// What a command runs with.
+/// A command with its environment, directory and timeout.
 #[derive(Debug, Clone)]
 pub struct CommandSpec<'a> {
     pub argv: &'a [String],
@@ -67,8 +67,8 @@ pub struct CommandSpec<'a> {
     pub timeout: Duration,
 }
 
-/// The environment of a build command: the allow-listed variables that are set in the
-/// daemon's environment, the target's `command_env` names, and the build's own variables.
+/// Builds a command's environment: the allow-listed variables set in the daemon's
+/// environment, the target's `command_env` names, and the build's own variables.
 pub fn build_env(
     extra_names: &[String],
     target: &str,

@@ -15,7 +15,7 @@ use url::Url;
 /// GitHub's REST API. Gitea and Forgejo serve the same routes under `https://HOST/api/v1`.
 pub const DEFAULT_API_BASE: &str = "https://api.github.com";
 
-/// Where Kubernetes mounts a pod's service-account token and cluster CA.
+/// The directory in which Kubernetes mounts a pod's service-account token and cluster CA.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 const DEFAULT_KEEP_RELEASES: u64 = 3;
@@ -225,7 +225,7 @@ pub struct TargetConfig {
     pub max_unpacked_bytes: u64,
 }
 
-/// Where and how to reach the Kubernetes API.
+/// The Kubernetes API address and credentials.
 #[derive(Debug, Clone)]
 pub struct KubernetesConfig {
     /// `None` outside a cluster when no `api_base` is configured; a restart then fails with
@@ -304,6 +304,7 @@ impl RawTarget {
             problems.push(problem);
             None
         });
+
         let (asset_pattern, volume) = self.validate_volume(key, problems);
         let command = self.validate_command(key, problems);
         let command_env = self.validate_command_env(key, problems);
@@ -314,6 +315,7 @@ impl RawTarget {
                  restart_deployment"
             ));
         }
+
         let keep_releases = self.keep_releases.unwrap_or(DEFAULT_KEEP_RELEASES);
         if !(1..=MAX_KEEP_RELEASES).contains(&keep_releases) {
             problems.push(format!(
@@ -321,6 +323,7 @@ impl RawTarget {
                  {MAX_KEEP_RELEASES}"
             ));
         }
+
         let poll_interval_secs = positive(
             &format!("{key}.poll_interval_secs"),
             self.poll_interval_secs
@@ -344,6 +347,7 @@ impl RawTarget {
                 .unwrap_or(DEFAULT_MAX_UNPACKED_BYTES),
             problems,
         );
+
         let tag_pattern = self.tag_pattern.as_deref().and_then(|text| {
             Regex::new(text)
                 .map_err(|error| {
@@ -363,6 +367,7 @@ impl RawTarget {
                 })
                 .ok()
         });
+
         if problems.len() > before {
             return None;
         }
@@ -554,7 +559,7 @@ impl RawKubernetes {
     }
 }
 
-/// The API server address Kubernetes gives every pod through its environment.
+/// Returns the API server address Kubernetes gives every pod through its environment.
 fn in_cluster_api_base() -> Option<Url> {
     let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
     let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".to_string());

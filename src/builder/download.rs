@@ -157,8 +157,8 @@ pub async fn download_asset(
     })
 }
 
-/// The lowercase SHA-256 the API published for the asset. Digests of other algorithms are
-/// not checked; a `sha256:` digest that is not 64 hex digits is an error.
+/// Returns the lowercase SHA-256 the API published for the asset. Digests of other
+/// algorithms are not checked, and a `sha256:` digest that is not 64 hex digits is an error.
 fn expected_sha256(asset: &Asset) -> Result<Option<String>, DownloadError> {
     let Some(digest) = &asset.digest else {
         return Ok(None);

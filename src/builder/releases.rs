@@ -23,11 +23,11 @@ pub const MAX_PAGES: usize = 5;
 /// A page of 50 releases with long notes stays under 1 MiB; 8 MiB leaves room and still
 /// bounds what a misbehaving server can make the daemon hold.
 const MAX_PAGE_BYTES: u64 = 8 * 1024 * 1024;
-/// GitHub's rate-limit windows last an hour; a header promising a longer wait is treated as
-/// an hour so a bogus value cannot stop polling for good.
+/// GitHub's rate-limit windows last an hour. A header promising a longer wait counts as an
+/// hour, so a bogus value cannot stop polling for good.
 const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(3600);
-/// GitHub asks clients hit by a secondary rate limit without `retry-after` to wait at least
-/// a minute.
+/// GitHub's documentation tells clients hit by a secondary rate limit without `retry-after`
+/// to wait at least a minute.
 const SECONDARY_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 /// Connect and whole-request timeout for API pages (not for asset downloads).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -63,7 +63,7 @@ pub struct Asset {
     pub digest: Option<String>,
 }
 
-/// What one poll of the releases list found.
+/// The result of listing releases once.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Listing {
     /// The list changed (or was fetched for the first time).
@@ -143,7 +143,7 @@ impl ReleasesClient {
         })
     }
 
-    /// The ETag sent with the next request, if any.
+    /// Returns the ETag sent with the next listing, if any.
     pub fn etag(&self) -> Option<&str> {
         self.etag.as_deref()
     }
@@ -153,7 +153,7 @@ impl ReleasesClient {
         self.etag = etag;
     }
 
-    /// The end of the current rate-limit window, if one is in force.
+    /// Returns the end of the current rate-limit window, if one is in force.
     pub fn blocked_until(&self) -> Option<SystemTime> {
         self.blocked_until
             .filter(|until| *until > SystemTime::now())
@@ -203,6 +203,49 @@ impl ReleasesClient {
         })
     }
 
+    /// Fetches the release of one tag; `None` when the API has no release for it. The tag
+    /// is percent-encoded as one path segment, so a `/` or `..` in it stays inside the URL.
+    pub async fn release_by_tag(&mut self, tag: &str) -> Result<Option<Release>, ReleasesError> {
+        // Git forbids a tag made of dots, and in a URL path such a segment would climb.
+        if tag.is_empty() || tag.chars().all(|c| c == '.') {
+            return Ok(None);
+        }
+        let url = self.tag_url(tag);
+        let response = self.get_page(url.clone(), false).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let invalid = |reason: String| ReleasesError::InvalidBody {
+            url: url.to_string(),
+            reason,
+        };
+        let body = read_capped(response, MAX_PAGE_BYTES)
+            .await
+            .map_err(|error| invalid(error.to_string()))?;
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|error| invalid(format!("expected a release object: {error}")))
+    }
+
+    /// Encodes every byte outside RFC 3986's unreserved set, `%` and `/` included.
+    fn tag_url(&self, tag: &str) -> Url {
+        let base = self.api_base.as_str().trim_end_matches('/');
+        let encoded: String = tag
+            .bytes()
+            .map(|byte| match byte {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    char::from(byte).to_string()
+                }
+                other => format!("%{other:02X}"),
+            })
+            .collect();
+        let text = format!(
+            "{base}/repos/{}/{}/releases/tags/{encoded}",
+            self.repo.owner, self.repo.name
+        );
+        Url::parse(&text).expect("a URL made of a valid base and encoded parts is valid")
+    }
+
     fn releases_url(&self) -> Url {
         self.page_url(1)
     }
@@ -217,8 +260,8 @@ impl ReleasesClient {
         Url::parse(&text).expect("a URL made of a valid base and checked repo parts is valid")
     }
 
-    /// Sends one GET, turning rate-limit answers into `RateLimited` and any other failure
-    /// except 304 and 404 into an error.
+    /// Sends one GET. A rate-limit response becomes `RateLimited`, and any other failure
+    /// except 304 and 404 becomes an error.
     async fn get_page(&mut self, url: Url, conditional: bool) -> Result<Response, ReleasesError> {
         if let Some(until) = self.blocked_until() {
             return Err(self.rate_limited(until));
@@ -261,7 +304,7 @@ impl ReleasesClient {
                 body: excerpt(&body),
             });
         }
-        // An exhausted budget on a successful answer blocks the next request until the reset.
+        // An exhausted budget on a successful response blocks the next request until the reset.
         if header_number(response.headers(), "x-ratelimit-remaining") == Some(0) {
             self.blocked_until = header_number(response.headers(), "x-ratelimit-reset")
                 .map(|reset| clamp_wait(epoch(reset), now));
@@ -270,7 +313,7 @@ impl ReleasesClient {
         {
             if self.rate_limit_logged {
                 self.rate_limit_logged = false;
-                tracing::info!(api = %self.api_base, repo = %self.repo, "releases API answers again after a rate limit");
+                tracing::info!(api = %self.api_base, repo = %self.repo, "releases API responds again after a rate limit");
             }
             return Ok(response);
         }
@@ -310,9 +353,9 @@ pub fn auth_header(token: &Secret) -> HeaderValue {
     value
 }
 
-/// When a 403 or 429 is a rate limit, the time it ends: `retry-after` first, then an
-/// exhausted `x-ratelimit-remaining` with its reset, then a body that says "rate limit" (a
-/// secondary limit), which waits a minute. Other 403s are real permission errors.
+/// Returns when a rate limit ends, if a 403 or 429 is one: by `retry-after` first, then by an
+/// exhausted `x-ratelimit-remaining` with its reset, then by a body mentioning "rate limit"
+/// (a secondary limit), which waits a minute. Other 403s are real permission errors.
 pub fn rate_limit_end(
     status: StatusCode,
     headers: &HeaderMap,
@@ -354,7 +397,8 @@ fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
-/// The `rel="next"` URL of an RFC 8288 `Link` header, which GitHub and Gitea both send.
+/// Returns the `rel="next"` URL of an RFC 8288 `Link` header, which GitHub and Gitea both
+/// send.
 fn next_link(headers: &HeaderMap) -> Option<Url> {
     let value = headers.get(LINK)?.to_str().ok()?;
     value.split(',').find_map(|part| {
@@ -431,7 +475,7 @@ async fn read_text(response: Response, limit: u64) -> String {
     }
 }
 
-/// The first 200 characters of an error body, on one line.
+/// Returns the first 200 characters of an error body, on one line.
 fn excerpt(body: &str) -> String {
     let line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
     match line.char_indices().nth(200) {
@@ -525,6 +569,23 @@ mod tests {
         let release: Release = serde_json::from_str(json).unwrap();
         assert_eq!(release.tag_name, "v1.0.0");
         assert_eq!(release.assets[0].digest.as_deref(), Some("sha256:00"));
+    }
+
+    #[test]
+    fn tag_url_keeps_tag_in_one_segment() {
+        let repo = Repo {
+            owner: "acme".to_string(),
+            name: "wiki".to_string(),
+        };
+        let api = Url::parse("https://git.example.org/api/v1").unwrap();
+        let client = ReleasesClient::new(api, repo, None).unwrap();
+        for tag in ["../x", "a?b#c", "%2e%2e", "v1 $(x);y"] {
+            let url = client.tag_url(tag);
+            let segments: Vec<&str> = url.path_segments().unwrap().collect();
+            assert_eq!(segments.len(), 8, "{tag:?} gave {url}");
+            assert!(url.query().is_none() && url.fragment().is_none(), "{url}");
+            assert!(!url.path().contains("/../"), "{url}");
+        }
     }
 
     #[test]

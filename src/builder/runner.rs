@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio_util::task::AbortOnDropHandle;
 
-/// What a trigger did with its job.
+/// The outcome of a trigger.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Triggered<J> {
     /// The runner was idle; the job starts now.
@@ -80,7 +80,7 @@ impl<J: Send + 'static> Runner<J> {
         }
     }
 
-    /// Whether a job is running.
+    /// Returns whether a job is running.
     pub fn is_running(&self) -> bool {
         self.shared.lock().running
     }
@@ -93,8 +93,8 @@ impl<J> Shared<J> {
             .expect("the runner slot lock is never poisoned")
     }
 
-    /// Waits for a job and marks it running under the same lock, so `trigger` never sees a
-    /// taken job as not running.
+    /// Waits for a job and marks it running under the same lock, so `trigger` never finds a
+    /// taken job not running.
     async fn next_job(&self) -> J {
         loop {
             {
@@ -116,8 +116,8 @@ mod tests {
     use std::time::Duration;
     use tokio::sync::{Semaphore, mpsc};
 
-    /// A runner whose jobs wait for a permit, report their number when done, and track how
-    /// many run at once.
+    /// Starts a runner whose jobs wait for a permit, report their number when done, and
+    /// track how many run at once.
     fn gated_runner() -> (
         Runner<u32>,
         Arc<Semaphore>,

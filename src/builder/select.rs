@@ -1,7 +1,7 @@
 //! Candidate selection, free of I/O: which release, if any, a target should build next.
 //!
 //! Releases are ordered by the semantic version in their tag (`v1.2.3`, `1.2`, `site-v2.0.0`,
-//! `pkg@3.1.0-rc.1`); tags without one fall back to their publish time and rank below every
+//! `pkg@3.1.0-rc.1`). Tags without one fall back to their publish time and rank below every
 //! tag with one, so one odd tag such as `nightly` never outranks the versioned releases.
 
 use chrono::{DateTime, Utc};
@@ -102,9 +102,9 @@ impl Filter<'_> {
     }
 }
 
-/// `VersionReq::matches` leaves out every pre-release of a version the requirement does not
-/// name; with pre-releases included, `2.1.0-rc.1` should satisfy `^2`, so its pre-release part
-/// is dropped before matching.
+/// Matches a version against a requirement. `VersionReq::matches` rejects every pre-release
+/// of a version the requirement does not name, but with pre-releases included `2.1.0-rc.1`
+/// should satisfy `^2`, so its pre-release part is dropped before a second match.
 fn req_matches(req: &VersionReq, mut version: Version, include_prereleases: bool) -> bool {
     if req.matches(&version) {
         return true;
@@ -116,7 +116,7 @@ fn req_matches(req: &VersionReq, mut version: Version, include_prereleases: bool
     false
 }
 
-/// The highest release the filter accepts.
+/// Returns the highest release the filter accepts.
 pub fn select_candidate<'r>(releases: &'r [Release], filter: &Filter<'_>) -> Option<&'r Release> {
     releases
         .iter()

@@ -9,7 +9,7 @@ use super::config::TargetConfig;
 use super::releases::Release;
 use super::select::{Filter, VersionKey, select_candidate};
 
-/// Polling retries a failed release this many times in all, one poll interval apart; after
+/// Polling tries a failing release this many times in all, one poll interval apart. After
 /// that only a newer release or a manual `rebuild` builds again, so a broken release does not
 /// send a failure notice every poll.
 pub const MAX_AUTOMATIC_ATTEMPTS: u32 = 3;
@@ -64,7 +64,7 @@ impl TargetState {
         }
     }
 
-    /// The hash fields to write; unset fields are written empty so that they replace old
+    /// Returns the hash fields to write. Unset fields are written empty, so they replace old
     /// values.
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
         let text = |value: &Option<String>| value.clone().unwrap_or_default();
@@ -140,7 +140,7 @@ impl TargetState {
     }
 }
 
-/// What a poll should do with a fresh releases list.
+/// The action a poll takes on a fresh releases list.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Decision<'r> {
     /// Nothing to build.
@@ -155,10 +155,9 @@ pub enum Decision<'r> {
     GaveUp(&'r Release),
 }
 
-/// Decides what to do with `releases`. `stored` says whether any state was stored for the
-/// target; `has_current` whether its volume has a `current` link (always true without a
-/// volume). A volume that lost `current` while state says a release was built (an emptied
-/// volume) gets the candidate built again even when it is not newer.
+/// Decides what to do with `releases`. `stored` tells whether any state was stored for the
+/// target, and `has_current` whether its volume has a `current` link (always true without a
+/// volume). A volume that lost `current` while the state records a build (an emptied volume) gets the candidate built again even when it is not newer.
 pub fn decide<'r>(
     target: &TargetConfig,
     releases: &'r [Release],

@@ -1,8 +1,8 @@
 //! The unpack step: extracts a `.tar.gz`, `.tgz` or `.zip` asset into an empty directory
 //! without writing anything outside it. Any other asset is placed in the directory as one
-//! file. Archives are untrusted, so an entry with an absolute path, a `..` component, a link
+//! file. Archives are untrusted. An entry with an absolute path, a `..` component, a link
 //! leading out of the directory, a path through a link, or a device or FIFO fails the whole
-//! unpack; the caller discards the directory.
+//! unpack, and the caller discards the directory.
 //!
 //! The functions here block, so callers run them on a blocking thread.
 
@@ -171,8 +171,8 @@ fn unpack_zip(archive: &Path, writer: &mut Writer) -> Result<(), UnpackError> {
     Ok(())
 }
 
-/// The checked relative path of an entry; `None` for the archive's root directory entry
-/// (`./`), which is skipped.
+/// Checks an entry's path and returns it relative to the root, or `None` for the archive's
+/// root directory entry (`./`), which is skipped.
 fn entry_path(raw: &str, is_dir: bool) -> Result<Option<PathBuf>, UnpackError> {
     let trimmed = raw.trim_end_matches('/');
     if is_dir && (trimmed.is_empty() || trimmed == ".") {
@@ -226,8 +226,8 @@ fn link_target(
     Ok(target)
 }
 
-/// Whether a symlink at `link` (relative to the root) with `target` resolves inside the root
-/// when read lexically.
+/// Checks lexically that a symlink at `link` (relative to the root) pointing to `target`
+/// resolves inside the root.
 fn link_stays_inside(link: &Path, target: &Path) -> bool {
     let mut depth = link.components().count().saturating_sub(1);
     for component in target.components() {
@@ -352,8 +352,9 @@ impl Writer {
         Ok(())
     }
 
-    /// A hard link names an earlier entry by its path in the archive. Every component of
-    /// that path must be a real directory or file, so the link cannot reach outside.
+    /// Creates a hard link to an earlier entry, named by its path in the archive. Every
+    /// component of that path must be a real directory or file, so the link cannot reach
+    /// outside.
     fn hard_link(&mut self, path: &Path, raw: &str, target: &str) -> Result<(), UnpackError> {
         let target_path = safe_relative_path(target)?;
         let mut current = self.root.clone();

@@ -98,7 +98,7 @@ impl Volume {
         self.root.join(CURRENT)
     }
 
-    /// The directory of a release; the tag is checked first.
+    /// Returns the directory of a release after checking the tag.
     pub fn release_dir(&self, tag: &str) -> Result<PathBuf, VolumeError> {
         Ok(self.releases_dir().join(release_dir_name(tag)?))
     }
@@ -130,8 +130,8 @@ impl Volume {
         Ok(())
     }
 
-    /// A new scratch path in `releases/`, on the same file system as the releases so that a
-    /// rename moves it into place.
+    /// Returns a new scratch path in `releases/`. It is on the same file system as the
+    /// releases, so a rename moves it into place.
     pub fn scratch_path(&self, kind: &str) -> PathBuf {
         let unique = uuid::Uuid::new_v4().simple();
         self.releases_dir()
@@ -161,7 +161,7 @@ impl Volume {
         }
     }
 
-    /// The tag `current` points at, if it is a link into `releases/`.
+    /// Returns the tag `current` points at, if it is a link into `releases/`.
     pub fn current_tag(&self) -> Option<String> {
         let target = fs::read_link(self.current_link()).ok()?;
         let mut parts = target.components();
@@ -174,7 +174,7 @@ impl Volume {
         release_dir_name(name).ok().map(str::to_string)
     }
 
-    /// The raw target of `current`, if it is a symlink.
+    /// Returns the raw target of `current`, if it is a symlink.
     pub fn current_target(&self) -> Option<PathBuf> {
         fs::read_link(self.current_link()).ok()
     }
@@ -243,7 +243,7 @@ impl Volume {
         Ok(kept.into_iter().map(|(_, name)| name).collect())
     }
 
-    /// The release installed most recently before the current one.
+    /// Returns the release installed most recently before the current one.
     pub fn previous_release(&self) -> Result<String, VolumeError> {
         let current = self.current_tag().ok_or_else(|| VolumeError::NoCurrent {
             path: self.current_link(),
@@ -304,8 +304,8 @@ impl Installed {
     }
 }
 
-/// Swaps two paths with `renameat2(RENAME_EXCHANGE)`, so a reader of either name never sees
-/// it missing. File systems without the flag get two renames and a short gap.
+/// Swaps two paths with `renameat2(RENAME_EXCHANGE)`, so either name always exists for a
+/// reader. File systems without the flag get two renames and a short gap.
 fn exchange(a: &Path, b: &Path) -> Result<(), VolumeError> {
     let to_c = |path: &Path| {
         CString::new(path.as_os_str().as_bytes()).map_err(|_| {

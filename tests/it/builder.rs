@@ -222,6 +222,29 @@ async fn token_sent_in_header() {
 }
 
 #[tokio::test]
+async fn release_fetched_by_tag() {
+    let setup = Setup::new().await;
+    setup
+        .github
+        .publish(FakeRelease::new("v1.0.0", "2024-01-01T00:00:00Z"));
+    setup
+        .github
+        .publish(FakeRelease::new("v2.0.0", "2024-02-01T00:00:00Z"));
+    let mut client = setup.client();
+    let found = client.release_by_tag("v1.0.0").await.unwrap();
+    assert_eq!(found.unwrap().tag_name, "v1.0.0");
+    let missing = client.release_by_tag("../../v2.0.0").await.unwrap();
+    assert_eq!(missing, None);
+    let paths: Vec<String> = setup
+        .github
+        .requests()
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(paths[1], "/repos/acme/wiki/releases/tags/..%2F..%2Fv2.0.0");
+}
+
+#[tokio::test]
 async fn missing_repository_is_not_found() {
     let setup = Setup::new().await;
     setup.github.set_missing(true);

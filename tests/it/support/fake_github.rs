@@ -145,6 +145,9 @@ fn answer(state: &State, base: &str, request: &Recorded) -> Response<Vec<u8>> {
     if request.path.starts_with("/download/") {
         return download(state, request);
     }
+    if let Some((_, tag)) = request.path.split_once("/releases/tags/") {
+        return by_tag(state, base, tag);
+    }
     if !request.path.ends_with("/releases") || request.header("user-agent").is_none() {
         return respond(404, r#"{"message":"Not Found"}"#);
     }
@@ -195,6 +198,17 @@ fn list(state: &State, base: &str, request: &Recorded) -> Response<Vec<u8>> {
         response = response.header("link", next);
     }
     response.body(body).unwrap()
+}
+
+fn by_tag(state: &State, base: &str, encoded_tag: &str) -> Response<Vec<u8>> {
+    let found = state
+        .releases
+        .iter()
+        .find(|release| urlencode(&release.tag) == encoded_tag);
+    match found {
+        Some(release) => respond(200, release_json(base, release).to_string()),
+        None => respond(404, r#"{"message":"Not Found"}"#),
+    }
 }
 
 fn release_json(base: &str, release: &FakeRelease) -> Value {
