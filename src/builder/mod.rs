@@ -13,6 +13,8 @@ pub mod command;
 pub mod config;
 pub mod download;
 pub mod kube;
+pub mod messages;
+pub mod poll;
 pub mod releases;
 pub mod runner;
 pub mod select;

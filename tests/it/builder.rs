@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use almagest::builder::build::{self, BuildContext, BuildFailure, Step};
 use almagest::builder::config::{RawBuilderConfig, TargetConfig};
 use almagest::builder::kube::RESTARTED_AT;
+use almagest::builder::poll::{PollOutcome, Poller};
 use almagest::builder::releases::{Listing, Release, ReleasesClient, ReleasesError, http_client};
 use almagest::builder::select::{Filter, select_candidate};
 use almagest::builder::state::{Decision, TargetState, decide};
@@ -81,7 +82,8 @@ impl Setup {
         self.dir.path().join("volume")
     }
 
-    /// A target with a volume and the asset pattern `site-*.tar.gz`; `extra` adds TOML keys.
+    /// Builds a target with a volume and the asset pattern `site-*.tar.gz`, plus the TOML keys
+    /// in `extra`.
     fn target(&self, extra: &str) -> TargetConfig {
         self.target_for("site-*.tar.gz", extra)
     }
@@ -102,7 +104,7 @@ impl Setup {
         ReleasesClient::new(target.api_base, target.repo, None).unwrap()
     }
 
-    /// The newest release the fake lists for `target`.
+    /// Returns the newest release the fake lists for `target`.
     async fn newest(&self, target: &TargetConfig) -> Release {
         let releases = list_all(&mut self.client()).await;
         let filter = Filter::default();
@@ -136,7 +138,7 @@ async fn list_all(client: &mut ReleasesClient) -> Vec<Release> {
     }
 }
 
-/// Every file and link name below `dir`, for checking that nothing was written.
+/// Lists every file and link name below `dir`, for checking that nothing was written.
 fn tree(dir: &Path) -> Vec<String> {
     let mut names = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -301,7 +303,7 @@ async fn rate_limit_waits_for_reset() {
     };
     assert!(until > SystemTime::now());
 
-    // Until the reset the client sends nothing: a rate-limit answer is not "no releases".
+    // Until the reset the client sends nothing, and a rate-limit response is not "no releases".
     let again = client.list(|_| true).await.unwrap_err();
     assert!(matches!(again, ReleasesError::RateLimited { .. }));
     assert_eq!(setup.github.list_requests().len(), 1);
@@ -314,7 +316,7 @@ async fn rate_limit_waits_for_reset() {
 
 // ----- selection over the fake's JSON -----
 
-/// Whether a poll of the fake decides to do nothing after `built_tag` was built.
+/// Returns whether a poll of the fake decides to do nothing after `built_tag` was built.
 async fn poll_is_idle(setup: &Setup, built_tag: &str) -> bool {
     let target = setup.target("");
     let releases = list_all(&mut setup.client()).await;
@@ -350,6 +352,33 @@ async fn older_tag_published_later_ignored() {
             .asset("site-1.9.1.tar.gz", site("1.9.1")),
     );
     assert!(poll_is_idle(&setup, "v2.0.0").await);
+}
+
+#[tokio::test]
+async fn poller_reuses_list_on_not_modified() {
+    let setup = Setup::new().await;
+    setup.github.publish(
+        FakeRelease::new("v1.0.0", "2024-01-01T00:00:00Z").asset("site-1.tar.gz", site("1")),
+    );
+    let target = setup.target("");
+    let mut poller = Poller::new(setup.client());
+    let mut state = TargetState::default();
+
+    let first = poller.poll(&target, &state, false, false).await;
+    let PollOutcome::Baseline(release) = first else {
+        panic!("expected a baseline, got {first:?}");
+    };
+    state.record_baseline(&release, chrono::Utc::now());
+
+    setup
+        .github
+        .publish(FakeRelease::new("v2.0.0", "2024-02-01T00:00:00Z"));
+    let second = poller.poll(&target, &state, true, true).await;
+    assert_eq!(second, PollOutcome::AwaitAsset("v2.0.0".to_string()));
+    let third = poller.poll(&target, &state, true, true).await;
+    assert_eq!(third, PollOutcome::AwaitAsset("v2.0.0".to_string()));
+    let last = setup.github.list_requests().pop().unwrap();
+    assert!(last.header("if-none-match").is_some());
 }
 
 // ----- builds -----
@@ -622,7 +651,8 @@ async fn rollback_switches_to_previous() {
             .publish(FakeRelease::new(tag, &format!("{date}T00:00:00Z")).asset(&asset, site(tag)));
         let release = setup.newest(&target).await;
         build::build(&context(), &target, &release).await.unwrap();
-        // Install times order the releases; keep them a second apart on coarse clocks.
+        // Install times order the releases. Setting v1.0.0's a minute back keeps the order
+        // independent of the file system's timestamp resolution.
         let dir = setup.volume().join("releases").join(tag);
         let age = if tag == "v1.0.0" { 60 } else { 0 };
         let when = SystemTime::now() - Duration::from_secs(age);
