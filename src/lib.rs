@@ -74,6 +74,13 @@ fn service_specs(config: &Arc<Config>, bus: &Bus) -> Vec<ChildSpec> {
             bus,
         ));
     }
+    if let Some(builder) = &config.builder {
+        specs.push(supervisor::service_spec::<builder::Builder>(
+            builder.clone(),
+            config,
+            bus,
+        ));
+    }
     specs
 }
 

@@ -296,7 +296,7 @@ async fn run_steps(
                 release_dir.as_deref(),
             ),
             cwd: release_dir.as_deref(),
-            timeout: target.command_timeout,
+            timeout: target.command_timeout(),
         };
         match command::run_command(&spec).await {
             Ok(tail) => output_tail = Some(tail),

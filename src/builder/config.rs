@@ -9,8 +9,10 @@ use std::time::Duration;
 use globset::{GlobBuilder, GlobMatcher};
 use regex::Regex;
 use semver::VersionReq;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 use url::Url;
+
+use crate::config::{Context, Problems, Secret, SecretSource};
 
 /// GitHub's REST API. Gitea and Forgejo serve the same routes under `https://HOST/api/v1`.
 pub const DEFAULT_API_BASE: &str = "https://api.github.com";
@@ -88,73 +90,8 @@ pub struct RawKubernetes {
     pub ca_file: Option<PathBuf>,
 }
 
-/// A secret value. `Debug` and `Display` print a mask, so the value cannot reach a log by
-/// accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-/// Resolves a secret given inline, as `*_file` or as `*_env`: at most one of the three may be
-/// set. `key` is the inline key's full name, used in errors; errors never contain the value.
-pub fn resolve_secret(
-    key: &str,
-    inline: Option<&str>,
-    file: Option<&Path>,
-    env: Option<&str>,
-) -> Result<Option<Secret>, String> {
-    let given = [inline.is_some(), file.is_some(), env.is_some()];
-    if given.iter().filter(|set| **set).count() > 1 {
-        return Err(format!(
-            "{key}: set only one of {key}, {key}_file and {key}_env"
-        ));
-    }
-    if let Some(value) = inline {
-        return non_empty(key, value.to_string()).map(Some);
-    }
-    if let Some(path) = file {
-        let value = std::fs::read_to_string(path)
-            .map_err(|error| format!("{key}_file: cannot read {}: {error}", path.display()))?;
-        return non_empty(&format!("{key}_file"), value.trim().to_string()).map(Some);
-    }
-    if let Some(name) = env {
-        let value = std::env::var(name)
-            .map_err(|_| format!("{key}_env: variable {name:?} is not set or not UTF-8"))?;
-        return non_empty(&format!("{key}_env"), value.trim().to_string()).map(Some);
-    }
-    Ok(None)
-}
-
-fn non_empty(key: &str, value: String) -> Result<Secret, String> {
-    if value.is_empty() {
-        Err(format!("{key}: the secret is empty"))
-    } else {
-        Ok(Secret(value))
-    }
-}
-
-/// The validated `[builder]` section.
-#[derive(Debug, Clone)]
+/// The validated `[builder]` section. It serializes as written, with the token masked.
+#[derive(Debug, Clone, Serialize)]
 pub struct BuilderConfig {
     pub targets: Vec<TargetConfig>,
     pub kubernetes: KubernetesConfig,
@@ -199,74 +136,128 @@ impl AssetPattern {
     }
 }
 
+impl fmt::Display for AssetPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// One validated target.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct TargetConfig {
     pub name: String,
+    #[serde(serialize_with = "as_text")]
     pub repo: Repo,
     /// Without a trailing slash.
+    #[serde(serialize_with = "as_text")]
     pub api_base: Url,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<Secret>,
     /// Set exactly when `volume` is set.
+    #[serde(
+        serialize_with = "option_as_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub asset_pattern: Option<AssetPattern>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub volume: Option<PathBuf>,
     /// Non-empty when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
-    pub command_timeout: Duration,
+    pub command_timeout_secs: u64,
     pub command_env: Vec<String>,
+    #[serde(
+        serialize_with = "option_as_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub restart_deployment: Option<Deployment>,
     pub keep_releases: usize,
     pub include_prereleases: bool,
     pub build_on_start: bool,
-    pub poll_interval: Duration,
+    pub poll_interval_secs: u64,
+    #[serde(
+        serialize_with = "option_as_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub tag_pattern: Option<Regex>,
+    #[serde(
+        serialize_with = "option_as_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub version_req: Option<VersionReq>,
     pub max_asset_bytes: u64,
     pub max_unpacked_bytes: u64,
 }
 
+impl TargetConfig {
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_secs(self.command_timeout_secs)
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_secs(self.poll_interval_secs)
+    }
+}
+
 /// The Kubernetes API address and credentials.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct KubernetesConfig {
     /// `None` outside a cluster when no `api_base` is configured; a restart then fails with
     /// that reason.
+    #[serde(
+        serialize_with = "option_as_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub api_base: Option<Url>,
     pub token_file: PathBuf,
     pub ca_file: PathBuf,
 }
 
+fn as_text<S: Serializer, T: fmt::Display>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
+fn option_as_text<S: Serializer, T: fmt::Display>(
+    value: &Option<T>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => serializer.collect_str(value),
+        None => serializer.serialize_none(),
+    }
+}
+
 impl RawBuilderConfig {
-    /// Validates the section, reporting every problem rather than the first.
-    pub fn validate(&self) -> Result<BuilderConfig, Vec<String>> {
-        let mut problems = Vec::new();
+    /// Validates the section, recording every problem rather than the first. The result is
+    /// only used when no problem was recorded.
+    pub fn validate(&self, problems: &mut Problems, ctx: &Context) -> BuilderConfig {
         let mut targets = Vec::new();
         for (index, raw) in self.targets.iter().enumerate() {
             let key = format!("builder.targets[{index}]");
-            if let Some(target) = raw.validate(&key, &mut problems) {
+            if let Some(target) = raw.validate(&key, problems, ctx) {
                 targets.push(target);
             }
         }
-        check_unique_targets(&targets, &mut problems);
-        let kubernetes = self.kubernetes.validate(&mut problems);
-        match (problems.is_empty(), kubernetes) {
-            (true, Some(kubernetes)) => Ok(BuilderConfig {
-                targets,
-                kubernetes,
-            }),
-            _ => Err(problems),
+        check_unique_targets(&targets, problems);
+        BuilderConfig {
+            targets,
+            kubernetes: self.kubernetes.validate(problems, ctx),
         }
     }
 }
 
-fn check_unique_targets(targets: &[TargetConfig], problems: &mut Vec<String>) {
+fn check_unique_targets(targets: &[TargetConfig], problems: &mut Problems) {
     for (index, target) in targets.iter().enumerate() {
         let earlier = &targets[..index];
         if earlier.iter().any(|other| other.name == target.name) {
-            problems.push(format!(
-                "builder.targets[{index}].name: {:?} is used by an earlier target: names must \
+            problems.push(
+                format!("builder.targets[{index}].name"),
+                format!(
+                    "{:?} is used by an earlier target: names must \
                  be unique",
-                target.name
-            ));
+                    target.name
+                ),
+            );
         }
         let Some(volume) = &target.volume else {
             continue;
@@ -275,18 +266,21 @@ fn check_unique_targets(targets: &[TargetConfig], problems: &mut Vec<String>) {
             .iter()
             .any(|other| other.volume.as_ref() == Some(volume))
         {
-            problems.push(format!(
-                "builder.targets[{index}].volume: {} is used by an earlier target: each \
+            problems.push(
+                format!("builder.targets[{index}].volume"),
+                format!(
+                    "{} is used by an earlier target: each \
                  target needs its own volume",
-                volume.display()
-            ));
+                    volume.display()
+                ),
+            );
         }
     }
 }
 
 impl RawTarget {
-    fn validate(&self, key: &str, problems: &mut Vec<String>) -> Option<TargetConfig> {
-        let before = problems.len();
+    /// Returns `None` when a key that identifies the target is invalid.
+    fn validate(&self, key: &str, problems: &mut Problems, ctx: &Context) -> Option<TargetConfig> {
         let name = self.validate_name(key, problems);
         let repo = self.validate_repo(key, problems);
         let api_base = validate_url(
@@ -294,34 +288,34 @@ impl RawTarget {
             self.api_base.as_deref().unwrap_or(DEFAULT_API_BASE),
             problems,
         );
-        let token = resolve_secret(
-            &format!("{key}.token"),
-            self.token.as_deref(),
-            self.token_file.as_deref(),
-            self.token_env.as_deref(),
-        )
-        .unwrap_or_else(|problem| {
-            problems.push(problem);
-            None
-        });
+        let token = SecretSource {
+            inline: self.token.as_deref(),
+            file: self.token_file.as_deref(),
+            env: self.token_env.as_deref(),
+        }
+        .resolve(&format!("{key}.token"), problems, ctx);
 
         let (asset_pattern, volume) = self.validate_volume(key, problems);
         let command = self.validate_command(key, problems);
         let command_env = self.validate_command_env(key, problems);
         let restart_deployment = self.validate_deployment(key, problems);
         if asset_pattern.is_none() && command.is_none() && restart_deployment.is_none() {
-            problems.push(format!(
-                "{key}: nothing to do: set asset_pattern and volume, command, or \
-                 restart_deployment"
-            ));
+            problems.push(
+                key,
+                "nothing to do: set asset_pattern and volume, command, or \
+                 restart_deployment",
+            );
         }
 
         let keep_releases = self.keep_releases.unwrap_or(DEFAULT_KEEP_RELEASES);
         if !(1..=MAX_KEEP_RELEASES).contains(&keep_releases) {
-            problems.push(format!(
-                "{key}.keep_releases: {keep_releases} is out of range: expected 1 to \
+            problems.push(
+                format!("{key}.keep_releases"),
+                format!(
+                    "{keep_releases} is out of range: expected 1 to \
                  {MAX_KEEP_RELEASES}"
-            ));
+                ),
+            );
         }
 
         let poll_interval_secs = positive(
@@ -351,26 +345,27 @@ impl RawTarget {
         let tag_pattern = self.tag_pattern.as_deref().and_then(|text| {
             Regex::new(text)
                 .map_err(|error| {
-                    problems.push(format!(
-                        "{key}.tag_pattern: invalid regex {text:?}: {error}"
-                    ))
+                    problems.push(
+                        format!("{key}.tag_pattern"),
+                        format!("invalid regex {text:?}: {error}"),
+                    )
                 })
                 .ok()
         });
         let version_req = self.version_req.as_deref().and_then(|text| {
             VersionReq::parse(text)
                 .map_err(|error| {
-                    problems.push(format!(
-                        "{key}.version_req: invalid semver requirement {text:?}: {error}: \
+                    problems.push(
+                        format!("{key}.version_req"),
+                        format!(
+                            "invalid semver requirement {text:?}: {error}: \
                          expected a form such as \">=1.2, <2\" or \"^3\""
-                    ))
+                        ),
+                    )
                 })
                 .ok()
         });
 
-        if problems.len() > before {
-            return None;
-        }
         Some(TargetConfig {
             name: name?,
             repo: repo?,
@@ -379,13 +374,13 @@ impl RawTarget {
             asset_pattern,
             volume,
             command,
-            command_timeout: Duration::from_secs(command_timeout_secs),
+            command_timeout_secs,
             command_env,
             restart_deployment,
-            keep_releases: usize::try_from(keep_releases).ok()?,
+            keep_releases: usize::try_from(keep_releases).unwrap_or(1),
             include_prereleases: self.include_prereleases,
             build_on_start: self.build_on_start,
-            poll_interval: Duration::from_secs(poll_interval_secs),
+            poll_interval_secs,
             tag_pattern,
             version_req,
             max_asset_bytes,
@@ -393,24 +388,30 @@ impl RawTarget {
         })
     }
 
-    fn validate_name(&self, key: &str, problems: &mut Vec<String>) -> Option<String> {
+    fn validate_name(&self, key: &str, problems: &mut Problems) -> Option<String> {
         let Some(name) = &self.name else {
-            problems.push(format!("{key}.name: missing: give the target a short name"));
+            problems.push(
+                format!("{key}.name"),
+                "missing: give the target a short name",
+            );
             return None;
         };
         if !is_target_name(name) {
-            problems.push(format!(
-                "{key}.name: invalid name {name:?}: use letters, digits and _.- (at most 64, \
+            problems.push(
+                format!("{key}.name"),
+                format!(
+                    "invalid name {name:?}: use letters, digits and _.- (at most 64, \
                  starting with a letter or digit)"
-            ));
+                ),
+            );
             return None;
         }
         Some(name.clone())
     }
 
-    fn validate_repo(&self, key: &str, problems: &mut Vec<String>) -> Option<Repo> {
+    fn validate_repo(&self, key: &str, problems: &mut Problems) -> Option<Repo> {
         let Some(repo) = &self.repo else {
-            problems.push(format!("{key}.repo: missing: expected \"owner/name\""));
+            problems.push(format!("{key}.repo"), "missing: expected \"owner/name\"");
             return None;
         };
         let parts = repo.split_once('/');
@@ -420,10 +421,13 @@ impl RawTarget {
                 name: name.to_string(),
             }),
             _ => {
-                problems.push(format!(
-                    "{key}.repo: invalid repository {repo:?}: expected \"owner/name\" made of \
+                problems.push(
+                    format!("{key}.repo"),
+                    format!(
+                        "invalid repository {repo:?}: expected \"owner/name\" made of \
                      letters, digits and _.-"
-                ));
+                    ),
+                );
                 None
             }
         }
@@ -432,7 +436,7 @@ impl RawTarget {
     fn validate_volume(
         &self,
         key: &str,
-        problems: &mut Vec<String>,
+        problems: &mut Problems,
     ) -> (Option<AssetPattern>, Option<PathBuf>) {
         let pattern = self.asset_pattern.as_deref().and_then(|text| {
             let glob = GlobBuilder::new(text).literal_separator(true).build();
@@ -442,16 +446,20 @@ impl RawTarget {
                     matcher: glob.compile_matcher(),
                 }),
                 Ok(_) => {
-                    problems.push(format!(
-                        "{key}.asset_pattern: empty: expected a glob such as \"site-*.tar.gz\""
-                    ));
+                    problems.push(
+                        format!("{key}.asset_pattern"),
+                        "empty: expected a glob such as \"site-*.tar.gz\"",
+                    );
                     None
                 }
                 Err(error) => {
-                    problems.push(format!(
-                        "{key}.asset_pattern: invalid glob {text:?}: {error}: expected a glob \
+                    problems.push(
+                        format!("{key}.asset_pattern"),
+                        format!(
+                            "invalid glob {text:?}: {error}: expected a glob \
                          such as \"site-*.tar.gz\""
-                    ));
+                        ),
+                    );
                     None
                 }
             }
@@ -460,65 +468,77 @@ impl RawTarget {
             if path.is_absolute() {
                 Some(path.clone())
             } else {
-                problems.push(format!(
-                    "{key}.volume: {} is relative: expected an absolute directory path",
-                    path.display()
-                ));
+                problems.push(
+                    format!("{key}.volume"),
+                    format!(
+                        "{} is relative: expected an absolute directory path",
+                        path.display()
+                    ),
+                );
                 None
             }
         });
         match (&self.asset_pattern, &self.volume) {
-            (Some(_), None) => problems.push(format!(
-                "{key}.volume: missing: asset_pattern needs a volume to unpack the asset into"
-            )),
-            (None, Some(_)) => problems.push(format!(
-                "{key}.asset_pattern: missing: a volume holds unpacked assets, so name the \
-                 asset to download"
-            )),
+            (Some(_), None) => problems.push(
+                format!("{key}.volume"),
+                "missing: asset_pattern needs a volume to unpack the asset into",
+            ),
+            (None, Some(_)) => problems.push(
+                format!("{key}.asset_pattern"),
+                "missing: a volume holds unpacked assets, so name the \
+                 asset to download",
+            ),
             _ => {}
         }
         (pattern, volume)
     }
 
-    fn validate_command(&self, key: &str, problems: &mut Vec<String>) -> Option<Vec<String>> {
+    fn validate_command(&self, key: &str, problems: &mut Problems) -> Option<Vec<String>> {
         let command = self.command.as_ref()?;
         match command.first() {
             None => {
-                problems.push(format!(
-                    "{key}.command: empty: expected an argument vector such as \
-                     [\"/usr/local/bin/reindex\", \"--quiet\"], or remove the key"
-                ));
+                problems.push(
+                    format!("{key}.command"),
+                    "empty: expected an argument vector such as \
+                     [\"/usr/local/bin/reindex\", \"--quiet\"], or remove the key",
+                );
                 None
             }
             Some(program) if program.is_empty() => {
-                problems.push(format!("{key}.command[0]: empty program name"));
+                problems.push(format!("{key}.command[0]"), "empty program name");
                 None
             }
             Some(_) => Some(command.clone()),
         }
     }
 
-    fn validate_command_env(&self, key: &str, problems: &mut Vec<String>) -> Vec<String> {
+    fn validate_command_env(&self, key: &str, problems: &mut Problems) -> Vec<String> {
         for (index, name) in self.command_env.iter().enumerate() {
             let valid = !name.is_empty()
                 && !name.starts_with(|c: char| c.is_ascii_digit())
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                problems.push(format!(
-                    "{key}.command_env[{index}]: invalid variable name {name:?}: use letters, \
+                problems.push(
+                    format!("{key}.command_env[{index}]"),
+                    format!(
+                        "invalid variable name {name:?}: use letters, \
                      digits and _"
-                ));
+                    ),
+                );
             } else if name.starts_with("ALMAGEST_") {
-                problems.push(format!(
-                    "{key}.command_env[{index}]: {name:?} is reserved: ALMAGEST_* variables \
+                problems.push(
+                    format!("{key}.command_env[{index}]"),
+                    format!(
+                        "{name:?} is reserved: ALMAGEST_* variables \
                      hold the daemon's settings and secrets"
-                ));
+                    ),
+                );
             }
         }
         self.command_env.clone()
     }
 
-    fn validate_deployment(&self, key: &str, problems: &mut Vec<String>) -> Option<Deployment> {
+    fn validate_deployment(&self, key: &str, problems: &mut Problems) -> Option<Deployment> {
         let text = self.restart_deployment.as_ref()?;
         match text.split_once('/') {
             Some((namespace, name)) if is_dns_label(namespace) && is_dns_subdomain(name) => {
@@ -528,10 +548,13 @@ impl RawTarget {
                 })
             }
             _ => {
-                problems.push(format!(
-                    "{key}.restart_deployment: invalid deployment {text:?}: expected \
+                problems.push(
+                    format!("{key}.restart_deployment"),
+                    format!(
+                        "invalid deployment {text:?}: expected \
                      \"namespace/name\" in lowercase letters, digits and -"
-                ));
+                    ),
+                );
                 None
             }
         }
@@ -539,13 +562,13 @@ impl RawTarget {
 }
 
 impl RawKubernetes {
-    fn validate(&self, problems: &mut Vec<String>) -> Option<KubernetesConfig> {
+    fn validate(&self, problems: &mut Problems, ctx: &Context) -> KubernetesConfig {
         let account = Path::new(SERVICE_ACCOUNT_DIR);
         let api_base = match &self.api_base {
-            Some(text) => Some(validate_url("builder.kubernetes.api_base", text, problems)?),
-            None => in_cluster_api_base(),
+            Some(text) => validate_url("builder.kubernetes.api_base", text, problems),
+            None => in_cluster_api_base(ctx),
         };
-        Some(KubernetesConfig {
+        KubernetesConfig {
             api_base,
             token_file: self
                 .token_file
@@ -555,14 +578,14 @@ impl RawKubernetes {
                 .ca_file
                 .clone()
                 .unwrap_or_else(|| account.join("ca.crt")),
-        })
+        }
     }
 }
 
 /// Returns the API server address Kubernetes gives every pod through its environment.
-fn in_cluster_api_base() -> Option<Url> {
-    let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
-    let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".to_string());
+fn in_cluster_api_base(ctx: &Context) -> Option<Url> {
+    let host = ctx.env("KUBERNETES_SERVICE_HOST")?.to_string();
+    let port = ctx.env("KUBERNETES_SERVICE_PORT").unwrap_or("443");
     let host = if host.contains(':') {
         format!("[{host}]")
     } else {
@@ -571,25 +594,26 @@ fn in_cluster_api_base() -> Option<Url> {
     Url::parse(&format!("https://{host}:{port}")).ok()
 }
 
-fn validate_url(key: &str, text: &str, problems: &mut Vec<String>) -> Option<Url> {
+fn validate_url(key: &str, text: &str, problems: &mut Problems) -> Option<Url> {
     let trimmed = text.trim_end_matches('/');
     match Url::parse(trimmed) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Some(url),
         Ok(_) | Err(_) => {
-            problems.push(format!(
-                "{key}: invalid URL {text:?}: expected http:// or https:// with a host, such \
+            problems.push(
+                key,
+                format!(
+                    "invalid URL {text:?}: expected http:// or https:// with a host, such \
                  as \"{DEFAULT_API_BASE}\" or \"https://git.example.org/api/v1\""
-            ));
+                ),
+            );
             None
         }
     }
 }
 
-fn positive(key: &str, value: u64, problems: &mut Vec<String>) -> u64 {
+fn positive(key: &str, value: u64, problems: &mut Problems) -> u64 {
     if value == 0 {
-        problems.push(format!(
-            "{key}: 0 is out of range: expected a positive number"
-        ));
+        problems.push(key, "0 is out of range: expected a positive number");
     }
     value
 }
@@ -633,14 +657,23 @@ fn is_dns_subdomain(text: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn parse(toml_text: &str) -> RawBuilderConfig {
-        toml::from_str(toml_text).expect("test config is valid TOML")
+    /// Loads a whole config whose builder tables are written without the `builder.` prefix.
+    fn parse(toml_text: &str) -> Result<BuilderConfig, Vec<String>> {
+        let text = format!(
+            "[builder]\n{}",
+            toml_text
+                .replace("[[targets]]", "[[builder.targets]]")
+                .replace("[kubernetes]", "[builder.kubernetes]")
+        );
+        let env = std::collections::HashMap::from([("GITHUB_TOKEN".to_string(), "t".to_string())]);
+        match crate::config::Config::from_toml(&text, Path::new("test.toml"), env) {
+            Ok(config) => Ok(config.builder.expect("the builder section is present")),
+            Err(error) => Err(error.problems().iter().map(|p| p.to_string()).collect()),
+        }
     }
 
     fn problems(toml_text: &str) -> Vec<String> {
-        parse(toml_text)
-            .validate()
-            .expect_err("config should be invalid")
+        parse(toml_text).expect_err("config should be invalid")
     }
 
     const MINIMAL: &str = r#"
@@ -653,11 +686,11 @@ mod tests {
 
     #[test]
     fn minimal_target_gets_defaults() {
-        let config = parse(MINIMAL).validate().expect("minimal config is valid");
+        let config = parse(MINIMAL).expect("minimal config is valid");
         let target = &config.targets[0];
         assert_eq!(target.api_base.as_str(), "https://api.github.com/");
         assert_eq!(target.keep_releases, 3);
-        assert_eq!(target.poll_interval, Duration::from_secs(300));
+        assert_eq!(target.poll_interval(), Duration::from_secs(300));
         assert!(!target.include_prereleases);
         assert!(!target.build_on_start);
         assert!(
@@ -671,7 +704,7 @@ mod tests {
 
     #[test]
     fn empty_section_is_valid() {
-        let config = parse("").validate().expect("no targets is valid");
+        let config = parse("").expect("no targets is valid");
         assert!(config.targets.is_empty());
     }
 
@@ -783,34 +816,31 @@ mod tests {
     }
 
     #[test]
-    fn token_file_is_read_and_trimmed() {
+    fn token_file_is_read_and_masked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "ghp_secret\n").unwrap();
-        let secret = resolve_secret("t", None, Some(&path), None)
-            .unwrap()
-            .unwrap();
-        assert_eq!(secret.expose(), "ghp_secret");
+        let text = format!(
+            "[[targets]]\nname = \"a\"\nrepo = \"o/r\"\ncommand = [\"true\"]\ntoken_file = {:?}",
+            path.display().to_string()
+        );
+        let config = parse(&text).unwrap();
+        let token = config.targets[0].token.as_ref().unwrap();
+        assert_eq!(token.expose(), "ghp_secret");
+        let printed = toml::to_string(&config).unwrap();
+        assert!(!printed.contains("ghp_secret"), "{printed}");
+        assert!(printed.contains("repo = \"o/r\""), "{printed}");
     }
 
     #[test]
-    fn secret_debug_is_masked() {
-        let secret = Secret::new("ghp_secret");
-        assert!(!format!("{secret:?} {secret}").contains("ghp_secret"));
-    }
-
-    #[test]
-    fn missing_token_file_names_key_not_value() {
-        let problem = resolve_secret(
-            "builder.targets[0].token",
-            None,
-            Some(Path::new("/nonexistent")),
-            None,
-        )
-        .unwrap_err();
+    fn missing_token_file_names_key() {
+        let found = problems(
+            "[[targets]]\nname = \"a\"\nrepo = \"o/r\"\ncommand = [\"true\"]\n\
+             token_file = \"/nonexistent/token\"",
+        );
         assert!(
-            problem.starts_with("builder.targets[0].token_file:"),
-            "{problem}"
+            found[0].starts_with("builder.targets[0].token_file:"),
+            "{found:?}"
         );
     }
 
@@ -825,7 +855,6 @@ mod tests {
             command = ["true"]
             "#,
         )
-        .validate()
         .unwrap();
         assert_eq!(
             config.targets[0].api_base.as_str(),
@@ -842,7 +871,6 @@ mod tests {
             token_file = "/tmp/token"
             "#,
         )
-        .validate()
         .unwrap();
         let kubernetes = config.kubernetes;
         assert_eq!(

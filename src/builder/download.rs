@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use url::Url;
 
-use super::config::Secret;
 use super::releases::{Asset, auth_header};
+use crate::config::Secret;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {

@@ -6,7 +6,8 @@
 //! Parts, by role: [`config`] (the `[builder]` section), [`releases`] (the API client),
 //! [`select`] (which release is the candidate), [`state`] (stored state and the polling
 //! decision), [`build`] (the steps, with [`download`], [`unpack`], [`volume`], [`command`]
-//! and [`kube`]), and [`runner`] (one build at a time per target).
+//! and [`kube`]), [`runner`] (one build at a time per target), [`poll`] (one target's
+//! polling), [`messages`] (events and notices) and [`service`] (the actor).
 
 pub mod build;
 pub mod command;
@@ -18,6 +19,9 @@ pub mod poll;
 pub mod releases;
 pub mod runner;
 pub mod select;
+pub mod service;
 pub mod state;
 pub mod unpack;
 pub mod volume;
+
+pub use service::{Builder, NAME};

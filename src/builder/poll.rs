@@ -61,14 +61,27 @@ impl Poller {
         select_candidate(self.releases.as_deref()?, &filter(target))
     }
 
-    /// Lists releases and decides. `stored` and `has_current` are as for [`decide`].
-    pub async fn poll(
+    /// Lists releases and returns the newest one the target's filters accept.
+    pub async fn newest_release(
         &mut self,
         target: &TargetConfig,
-        state: &TargetState,
-        stored: bool,
-        has_current: bool,
-    ) -> PollOutcome {
+    ) -> Result<Option<Release>, String> {
+        match self.refresh(target).await {
+            Ok(true) => Ok(self.newest(target).cloned()),
+            Ok(false) => Err(format!(
+                "repository {} not found, or the token cannot see it",
+                target.repo
+            )),
+            Err(ReleasesError::RateLimited { until, .. }) => Err(format!(
+                "rate limited by the releases API until {}",
+                chrono::DateTime::<chrono::Utc>::from(until).to_rfc3339()
+            )),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// Brings the cached list up to date; `Ok(false)` when the repository is not found.
+    async fn refresh(&mut self, target: &TargetConfig) -> Result<bool, ReleasesError> {
         let filter = filter(target);
         // Without a cached list a 304 would leave nothing to decide on.
         if self.releases.is_none() {
@@ -77,19 +90,36 @@ impl Poller {
         let listing = self
             .client
             .list(|releases| select_candidate(releases, &filter).is_some())
-            .await;
+            .await?;
         match listing {
-            Ok(Listing::Modified {
+            Listing::Modified {
                 releases, skipped, ..
-            }) => {
+            } => {
                 if skipped > 0 {
                     tracing::warn!(target = %target.name, skipped, "skipped malformed entries in the releases list");
                 }
                 self.releases = Some(releases);
+                Ok(true)
             }
-            Ok(Listing::NotModified) => {}
-            Ok(Listing::NotFound) => {
+            Listing::NotModified => Ok(true),
+            Listing::NotFound => {
                 self.releases = None;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Lists releases and decides. `stored` and `has_current` are as for [`decide`].
+    pub async fn poll(
+        &mut self,
+        target: &TargetConfig,
+        state: &TargetState,
+        stored: bool,
+        has_current: bool,
+    ) -> PollOutcome {
+        match self.refresh(target).await {
+            Ok(true) => {}
+            Ok(false) => {
                 self.report_problem(target, "repository not found, or the token cannot see it");
                 return PollOutcome::NotFound;
             }

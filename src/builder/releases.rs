@@ -13,7 +13,8 @@ use reqwest::{Response, StatusCode};
 use serde::Deserialize;
 use url::Url;
 
-use super::config::{Repo, Secret};
+use super::config::Repo;
+use crate::config::Secret;
 
 /// GitHub allows 100 releases a page and Gitea 50 by default, so 50 works on both.
 pub const PER_PAGE: usize = 50;

@@ -19,6 +19,8 @@ pub enum Triggered<J> {
     /// A job is running and one was already waiting: the new job took its place, and the
     /// waiting one is returned unrun.
     Replaced(J),
+    /// A job is running and the waiting one was kept: the new job is returned unrun.
+    Rejected(J),
 }
 
 struct Slot<J> {
@@ -66,9 +68,20 @@ impl<J: Send + 'static> Runner<J> {
         }
     }
 
-    /// Hands a job to the runner.
+    /// Hands a job to the runner; it replaces a waiting job.
     pub fn trigger(&self, job: J) -> Triggered<J> {
+        self.trigger_with(job, |_| true)
+    }
+
+    /// Hands a job to the runner. When another job is waiting, `replaces` decides whether the
+    /// new job takes its place.
+    pub fn trigger_with(&self, job: J, replaces: impl FnOnce(&J) -> bool) -> Triggered<J> {
         let mut slot = self.shared.lock();
+        if let Some(waiting) = &slot.waiting
+            && !replaces(waiting)
+        {
+            return Triggered::Rejected(job);
+        }
         let replaced = slot.waiting.replace(job);
         let running = slot.running;
         drop(slot);
@@ -164,6 +177,7 @@ mod tests {
         wait_running(&runner).await;
         assert_eq!(runner.trigger(2), Triggered::Queued);
         assert_eq!(runner.trigger(3), Triggered::Replaced(2));
+        assert_eq!(runner.trigger_with(4, |_| false), Triggered::Rejected(4));
         gate.add_permits(10);
         assert_eq!(done.recv().await, Some(1));
         assert_eq!(done.recv().await, Some(3));

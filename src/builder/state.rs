@@ -204,16 +204,17 @@ pub fn decide<'r>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builder::config::RawBuilderConfig;
     use crate::builder::releases::Asset;
+    use crate::config::Config;
+    use std::path::Path;
 
     fn target(extra: &str) -> TargetConfig {
         let text = format!(
-            "[[targets]]\nname = \"wiki\"\nrepo = \"acme/wiki\"\nasset_pattern = \"*.tar.gz\"\n\
-             volume = \"/srv/wiki\"\n{extra}"
+            "[[builder.targets]]\nname = \"wiki\"\nrepo = \"acme/wiki\"\n\
+             asset_pattern = \"*.tar.gz\"\nvolume = \"/srv/wiki\"\n{extra}"
         );
-        let raw: RawBuilderConfig = toml::from_str(&text).unwrap();
-        raw.validate().unwrap().targets.remove(0)
+        let config = Config::from_toml(&text, Path::new("test.toml"), HashMap::new()).unwrap();
+        config.builder.unwrap().targets.remove(0)
     }
 
     fn release(tag: &str, published: &str, with_asset: bool) -> Release {

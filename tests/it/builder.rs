@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use almagest::builder::build::{self, BuildContext, BuildFailure, Step};
-use almagest::builder::config::{RawBuilderConfig, TargetConfig};
+use almagest::builder::config::{BuilderConfig, TargetConfig};
 use almagest::builder::kube::RESTARTED_AT;
 use almagest::builder::poll::{PollOutcome, Poller};
 use almagest::builder::releases::{Listing, Release, ReleasesClient, ReleasesError, http_client};
@@ -16,6 +16,7 @@ use almagest::builder::state::{Decision, TargetState, decide};
 
 use crate::support::fake_github::{FakeGithub, FakeRelease};
 use crate::support::fake_kube::FakeKube;
+use crate::support::parse_config;
 
 // ----- helpers -----
 
@@ -117,17 +118,29 @@ impl Setup {
     }
 }
 
-fn parse_target(toml_text: &str) -> TargetConfig {
-    let raw: RawBuilderConfig = toml::from_str(toml_text).unwrap();
-    raw.validate().unwrap().targets.remove(0)
+/// Loads the builder section of a config whose builder tables are written without the
+/// `builder.` prefix.
+fn parse_builder(toml_text: &str) -> BuilderConfig {
+    let text = format!(
+        "[builder]\n{}",
+        toml_text
+            .replace("[[targets]]", "[[builder.targets]]")
+            .replace("[kubernetes]", "[builder.kubernetes]")
+    );
+    parse_config(&text).builder.unwrap()
 }
 
+fn parse_target(toml_text: &str) -> TargetConfig {
+    parse_builder(toml_text).targets.remove(0)
+}
+
+/// A build context whose Kubernetes API is a closed port: tests that restart a Deployment
+/// start a fake.
 fn context() -> BuildContext {
-    let raw: RawBuilderConfig =
-        toml::from_str("[kubernetes]\napi_base = \"http://127.0.0.1:9\"").unwrap();
+    let kubernetes = parse_builder("[kubernetes]\napi_base = \"http://127.0.0.1:9\"").kubernetes;
     BuildContext {
         http: http_client(None).unwrap(),
-        kubernetes: raw.validate().unwrap().kubernetes,
+        kubernetes,
     }
 }
 
@@ -758,15 +771,15 @@ async fn kube_setup(token: &str) -> (FakeKube, BuildContext, tempfile::TempDir) 
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     fs::write(&token_file, format!("{token}\n")).unwrap();
-    let raw: RawBuilderConfig = toml::from_str(&format!(
+    let kubernetes = parse_builder(&format!(
         "[kubernetes]\napi_base = \"{}\"\ntoken_file = \"{}\"",
         kube.base(),
         token_file.display()
     ))
-    .unwrap();
+    .kubernetes;
     let context = BuildContext {
         http: http_client(None).unwrap(),
-        kubernetes: raw.validate().unwrap().kubernetes,
+        kubernetes,
     };
     (kube, context, dir)
 }
