@@ -22,13 +22,13 @@ use crate::support::parse_config;
 
 /// Entries of a crafted tarball. Names and link targets are written into the header as they
 /// are, so hostile archives can be built.
-enum Entry<'a> {
+pub(super) enum Entry<'a> {
     File(&'a str, &'a [u8]),
     Executable(&'a str, &'a [u8]),
     Symlink(&'a str, &'a str),
 }
 
-fn tar_gz(entries: &[Entry]) -> Vec<u8> {
+pub(super) fn tar_gz(entries: &[Entry]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     for entry in entries {
         let mut header = tar::Header::new_gnu();
@@ -56,7 +56,7 @@ fn tar_gz(entries: &[Entry]) -> Vec<u8> {
     encoder.finish().unwrap()
 }
 
-fn site(version: &str) -> Vec<u8> {
+pub(super) fn site(version: &str) -> Vec<u8> {
     let page = format!("<h1>{version}</h1>");
     tar_gz(&[
         Entry::File("./index.html", page.as_bytes()),
