@@ -1,5 +1,5 @@
 //! The `[builder]` config section: raw serde structs as written in TOML, and `validate()`,
-//! which turns them into [`BuilderConfig`] or reports every problem at once, each naming its
+//! which turns them into [`BuilderConfig`] and records every problem at once, each naming its
 //! full key (`builder.targets[0].asset_pattern`), the bad value and the expected form.
 
 use std::fmt;

@@ -28,6 +28,8 @@ use crate::service::{Context, Service, ServiceError};
 /// Service name.
 pub const NAME: &str = "builder";
 
+const STATE_UNAVAILABLE: &str = "cannot read the target's state while the bus is down: try again";
+
 pub struct Builder;
 
 pub struct BuilderState {
@@ -52,7 +54,7 @@ enum Job {
     Rollback { reply: Reply },
 }
 
-/// Where and with which id a manual job is answered.
+/// The channel and id of a manual job's `rebuild.result`.
 struct Reply {
     id: Option<String>,
     channel: String,
@@ -323,9 +325,11 @@ impl Worker {
                 };
             }
         };
-        let mut state = match self.load_state().await {
-            Some((state, _)) => state,
-            None => TargetState::default(),
+        let Some((mut state, _)) = self.load_state().await else {
+            return Outcome {
+                tag: Some(release.tag_name),
+                result: Err(STATE_UNAVAILABLE.to_string()),
+            };
         };
         let result = self.build(&release, &mut state).await;
         Outcome {
@@ -343,9 +347,12 @@ impl Worker {
     }
 
     async fn rollback(&self) -> Outcome {
-        let mut state = match self.load_state().await {
-            Some((state, _)) => state,
-            None => TargetState::default(),
+        // Without the stored state, saving the result would overwrite it.
+        let Some((mut state, _)) = self.load_state().await else {
+            return Outcome {
+                tag: None,
+                result: Err(STATE_UNAVAILABLE.to_string()),
+            };
         };
         let name = &self.target.name;
         let started = Instant::now();
