@@ -443,6 +443,7 @@ pub struct Config {
     pub control: Option<crate::control::config::ControlConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub torrent: Option<crate::torrent::config::TorrentConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub builder: Option<crate::builder::config::BuilderConfig>,
 }
 
