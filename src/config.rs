@@ -426,6 +426,7 @@ struct RawConfig {
     supervisor: SupervisorConfig,
     control: Option<crate::control::config::RawControlConfig>,
     torrent: Option<crate::torrent::config::RawTorrentConfig>,
+    builder: Option<crate::builder::config::RawBuilderConfig>,
 }
 
 /// The validated configuration the daemon runs with.
@@ -442,6 +443,8 @@ pub struct Config {
     pub control: Option<crate::control::config::ControlConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub torrent: Option<crate::torrent::config::TorrentConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub builder: Option<crate::builder::config::BuilderConfig>,
 }
 
 impl Config {
@@ -514,6 +517,7 @@ impl Config {
         let redis = RedisConfig::validate(raw.redis, problems, ctx);
         let control = raw.control.map(|section| section.validate(problems, ctx));
         let torrent = raw.torrent.map(|section| section.validate(problems, ctx));
+        let builder = raw.builder.map(|section| section.validate(problems, ctx));
         Config {
             path: None,
             log: raw.log,
@@ -522,6 +526,7 @@ impl Config {
             supervisor: raw.supervisor,
             control,
             torrent,
+            builder,
         }
     }
 
@@ -533,6 +538,9 @@ impl Config {
         }
         if self.torrent.is_some() {
             names.push(crate::torrent::NAME);
+        }
+        if self.builder.is_some() {
+            names.push(crate::builder::NAME);
         }
         names
     }

@@ -12,6 +12,7 @@
 //! `I` is `bus.instance`, so several daemons can share a process (tests do) or a Redis.
 //! [`run`] starts the tree and stops it when the shutdown future completes.
 
+pub mod builder;
 pub mod bus;
 pub mod cli;
 pub mod config;
@@ -69,6 +70,13 @@ fn service_specs(config: &Arc<Config>, bus: &Bus) -> Vec<ChildSpec> {
     if let Some(torrent) = &config.torrent {
         specs.push(supervisor::service_spec::<torrent::TorrentService>(
             torrent.clone(),
+            config,
+            bus,
+        ));
+    }
+    if let Some(builder) = &config.builder {
+        specs.push(supervisor::service_spec::<builder::Builder>(
+            builder.clone(),
             config,
             bus,
         ));

@@ -3,7 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod fake_api;
+pub mod fake_github;
 pub mod fake_http;
+pub mod fake_kube;
 pub mod qbittorrent;
 pub mod redis_server;
 pub mod torrent_service;
