@@ -17,6 +17,7 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod discord;
 pub mod service;
 pub mod supervisor;
 pub mod telemetry;

@@ -1,0 +1,13 @@
+//! The `discord` service: delivers the notification stream to Discord channels or webhooks,
+//! and turns watched Discord messages and slash commands into bus messages.
+//!
+//! - [`config`]: the `[discord]` section and its validation.
+//! - [`render`] and [`split`]: a notification object into Discord messages.
+//! - [`deliver`]: sending over HTTP with the retry policy and error classification.
+//! - [`incoming`]: watch rules and slash commands, as functions of what arrives.
+
+pub mod config;
+pub mod deliver;
+pub mod incoming;
+pub mod render;
+pub mod split;
