@@ -1,0 +1,3 @@
+//! The discord service against a fake Discord API.
+
+mod delivery;
