@@ -155,7 +155,7 @@ impl Secret {
         Self(value.into())
     }
 
-    /// The secret itself, for the one place that sends it.
+    /// Returns the secret itself, for the one place that sends it.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -182,14 +182,14 @@ pub struct Webhook {
     pub token: Secret,
 }
 
-/// Where a notice goes: a channel (posted by the bot) or a webhook.
+/// Destination of a notice: a channel (posted to by the bot) or a webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
     Channel(ChannelId),
     Webhook(Webhook),
 }
 
-/// What a watch rule matches on a message's content.
+/// Condition a watch rule tests on a message's content.
 #[derive(Debug, Clone)]
 pub enum Matcher {
     Regex(Regex),
@@ -218,10 +218,10 @@ pub struct WatchRule {
 /// The validated `[discord]` section.
 #[derive(Debug, Clone)]
 pub struct DiscordConfig {
-    /// Bot token; `None` in webhook-only mode.
+    /// Bot token, or `None` in webhook-only mode.
     pub token: Option<Secret>,
     pub guild_id: Option<GuildId>,
-    /// Where a notice goes when neither its route nor its level is configured. `None` only
+    /// Destination of a notice whose route and level are not configured. It is `None` only
     /// when no destination at all is configured, which turns outgoing delivery off.
     pub default_destination: Option<Destination>,
     /// Route or level name → destination, from `[discord.routes]` and `[discord.webhooks]`.
@@ -240,12 +240,13 @@ pub struct DiscordConfig {
 }
 
 impl DiscordConfig {
-    /// Whether any destination is configured, so that the notification stream is consumed.
+    /// Returns whether any destination is configured, so that the notification stream is
+    /// consumed.
     pub fn delivers(&self) -> bool {
         self.default_destination.is_some()
     }
 
-    /// Whether the bot runs slash commands: it needs a guild to register them in.
+    /// Returns whether the bot runs slash commands, which need a guild to be registered in.
     pub fn has_commands(&self) -> bool {
         self.gateway && self.token.is_some() && self.guild_id.is_some()
     }
@@ -364,8 +365,8 @@ impl RawDiscordConfig {
         self.token.is_some() || self.token_file.is_some() || self.token_env.is_some()
     }
 
-    /// Validates the default destination and every route; a route name may be a channel route
-    /// or a webhook route, never both.
+    /// Validates the default destination and every route. A route name may be a channel route
+    /// or a webhook route, but not both.
     fn destinations(
         &self,
         has_token: bool,
@@ -530,7 +531,7 @@ impl RawDiscordConfig {
 const NEEDS_TOKEN: &str = "needs a bot token: set discord.token_file, discord.token_env or \
                            discord.token (or use discord.webhooks for webhook-only mode)";
 
-/// Where a secret may come from; at most one of the three may be set.
+/// Sources of one secret, of which at most one may be set.
 pub struct SecretSource<'a> {
     pub inline: Option<&'a str>,
     pub file: Option<&'a std::path::Path>,
@@ -775,7 +776,7 @@ fn key_segment(name: &str) -> String {
     }
 }
 
-/// Whether `name` is a valid bus channel or stub name: `[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}`.
+/// Returns whether `name` is a valid bus channel or stub name: `[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}`.
 fn is_bus_name(name: &str) -> bool {
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());

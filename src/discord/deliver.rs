@@ -6,10 +6,10 @@
 //! headers of a 429, and with a proxy its own rate limiter is off, so `retry_after` must be
 //! read here.
 //!
-//! [`Sender::deliver`] sends every part of one notification in order and returns only when
-//! Discord accepted all of them ([`Outcome::Delivered`]), when the notification must go to
-//! the dead-letter stream ([`Outcome::Dead`]) or when consumption must stop because the
-//! token or a permission is wrong ([`Outcome::Stopped`]). A caller acknowledges a stream
+//! [`Sender::deliver`] sends every part of one notification in order. It returns
+//! [`Outcome::Delivered`] only when Discord accepted all of them, [`Outcome::Dead`] when the
+//! notification must go to the dead-letter stream, and [`Outcome::Stopped`] when consumption
+//! must stop because the token or a permission is wrong. A caller acknowledges a stream
 //! entry only on `Delivered` or after it stored the dead letter.
 
 use std::collections::HashMap;
@@ -24,14 +24,15 @@ use tokio::time::Instant;
 use super::config::{Destination, DiscordConfig, Webhook};
 use super::render::OutgoingMessage;
 
-/// Serenity's routes are written against this base; [`Sender`] swaps in `api_proxy`.
+/// Base URL of serenity's routes, which [`Sender`] replaces with `api_proxy` when set.
 const DISCORD_BASE: &str = "https://discord.com";
 
-/// Time limit of one request. Discord answers a create-message call in well under a second;
-/// 15 s lets a slow link finish while a hung connection is retried within the window.
+/// Timeout of one request. Discord responds to a create-message call in well under a second,
+/// so 15 s lets a slow link finish while a hung connection is still retried within the window.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Longest error text kept from a Discord error body, so a dead letter stays small.
+/// Maximum length of the error text kept from a Discord error body, so a dead letter stays
+/// small.
 const MAX_ERROR_BODY_CHARS: usize = 500;
 
 /// Cap on remembered rate-limit buckets; destinations come from the config, so this is only
@@ -52,7 +53,7 @@ pub fn build_http(config: &DiscordConfig) -> Http {
     }
 }
 
-/// Why one request failed, classified by what the caller must do.
+/// Failure of one request, classified by what the caller must do next.
 #[derive(Debug, Clone, Error, PartialEq)]
 pub enum SendError {
     /// 429: wait `retry_after`, then send again.
@@ -70,7 +71,7 @@ pub enum SendError {
 }
 
 impl SendError {
-    /// The fix to log once when consumption stops on this error.
+    /// Returns the fix to log once when consumption stops on this error.
     pub fn remedy(&self) -> &'static str {
         match self {
             SendError::Unauthorized { status: 401, .. } => {
@@ -109,8 +110,8 @@ impl RetryPolicy {
     }
 }
 
-/// How far delivery of one notification got; kept across calls to [`Sender::deliver`] so
-/// that a resumed delivery does not send an accepted part again.
+/// Delivery state of one notification. It is kept across calls to [`Sender::deliver`], so a
+/// resumed delivery does not send an accepted part again.
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
     /// Index of the first part Discord has not accepted yet.
@@ -121,7 +122,7 @@ pub struct Progress {
     backoff: Duration,
 }
 
-/// How delivery of one notification ended.
+/// Result of delivering one notification.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Discord accepted every part.
@@ -129,8 +130,8 @@ pub enum Outcome {
     /// The notification cannot be delivered: a part was rejected, or retryable failures
     /// lasted past the retry window. `error` is the last error.
     Dead { error: String },
-    /// The token or a permission is wrong; the notification itself may be fine. Nothing is
-    /// lost: call [`Sender::deliver`] again with the same [`Progress`] later.
+    /// The token or a permission is wrong, while the notification itself may be fine. Nothing
+    /// is lost: call [`Sender::deliver`] again later with the same [`Progress`].
     Stopped { error: SendError },
 }
 
@@ -161,8 +162,8 @@ impl Sender {
     }
 
     /// Sends `parts` to `destination` in order, from `progress.next_part` on, retrying as
-    /// `policy` says. Dropping the future stops delivery; the parts not yet accepted are then
-    /// still recorded in `progress`.
+    /// `policy` sets. Dropping the future stops delivery, and `progress` then still records
+    /// which parts Discord accepted.
     pub async fn deliver(
         &self,
         destination: &Destination,
@@ -259,7 +260,7 @@ impl Sender {
         classify(response).await
     }
 
-    /// The URL of the create-message or execute-webhook call, on the configured API base.
+    /// Builds the URL of the create-message or execute-webhook call on the configured API base.
     fn url(&self, destination: &Destination) -> String {
         let path = match destination {
             Destination::Channel(channel_id) => Route::ChannelMessages {

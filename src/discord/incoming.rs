@@ -1,4 +1,4 @@
-//! What the bot does with what it receives: watched messages become `discord.message` bus
+//! Handling of what the bot receives: watched messages become `discord.message` bus
 //! events, and slash commands are defined, authorised and parsed here. Everything is a
 //! function of the incoming message or interaction and the config, so it is tested without
 //! the gateway.
@@ -106,11 +106,11 @@ pub enum Command {
     Status,
     /// `/ping`: a live ping of every service.
     Ping,
-    /// `/rebuild <target>`: asks the builder to rebuild a target.
+    /// `/rebuild <target>`: sends the builder a rebuild command for the target.
     Rebuild { target: String },
 }
 
-/// The definitions registered in the configured guild on start.
+/// Builds the command definitions registered in the configured guild on start.
 pub fn command_definitions() -> Vec<CreateCommand> {
     vec![
         CreateCommand::new("status").description("Show the services and whether they are up"),
@@ -125,7 +125,7 @@ pub fn command_definitions() -> Vec<CreateCommand> {
     ]
 }
 
-/// Who invoked a command: the user and, inside a guild, the member's roles.
+/// Invoker of a command: the user and, inside a guild, the member's roles.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invoker {
     pub user_id: UserId,
@@ -146,7 +146,8 @@ impl From<&CommandInteraction> for Invoker {
 }
 
 /// Whether the invoker may run commands: their user id or one of their roles is listed in
-/// `discord.allowed_user_ids` or `discord.allowed_role_ids`. Nobody is allowed by default.
+/// `discord.allowed_user_ids` or `discord.allowed_role_ids`. With both lists empty, no one is
+/// allowed.
 pub fn is_authorised(invoker: &Invoker, config: &DiscordConfig) -> bool {
     config.allowed_user_ids.contains(&invoker.user_id)
         || invoker
@@ -155,7 +156,7 @@ pub fn is_authorised(invoker: &Invoker, config: &DiscordConfig) -> bool {
             .any(|role| config.allowed_role_ids.contains(role))
 }
 
-/// The reply to someone who may not run commands; only they see it.
+/// Builds the reply to an invoker who may not run commands, visible only to them.
 pub fn refusal() -> CreateInteractionResponse {
     CreateInteractionResponse::Message(
         CreateInteractionResponseMessage::new()
@@ -199,7 +200,7 @@ pub fn parse_command(
     }
 }
 
-/// The name and option values of an interaction, for [`parse_command`].
+/// Collects the option names and values of an interaction, for [`parse_command`].
 pub fn command_options(interaction: &CommandInteraction) -> Vec<(String, CommandDataOptionValue)> {
     interaction
         .data

@@ -2,7 +2,7 @@
 //! it to a destination.
 //!
 //! A notification with a `title` or `fields` becomes one embed when it fits Discord's embed
-//! limits; anything else, or anything too long for an embed, becomes plain text split into
+//! limits. Anything else, and anything too long for an embed, becomes plain text split into
 //! messages of at most 2000 characters. Nothing is dropped or truncated.
 
 use serde::{Deserialize, Serialize};
@@ -83,8 +83,8 @@ pub struct EmbedFooter {
     pub text: String,
 }
 
-/// Which mentions in a message may ping. `parse` is always empty, so `@everyone`, `@here` and
-/// any user or role mention in a notice's text stay inert; only the ids listed ping.
+/// Mentions in a message that may ping. `parse` is always empty, so `@everyone`, `@here` and
+/// any user or role mention in a notice's text stay inert, and only the listed ids ping.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct AllowedMentions {
     pub parse: Vec<String>,

@@ -2,8 +2,8 @@
 //!
 //! Discord rejects message content over 2000 characters, counted as Unicode scalar values.
 //! Text is cut after a line break where the window has one, else after a space in the second
-//! half of the window, else at a character boundary (moved back so that it does not split a
-//! joined emoji or a run of backticks). A code block that spans a cut is closed at the end of
+//! half of the window, else at a character boundary. That boundary is moved back so that it
+//! does not split a joined emoji or a run of backticks. A code block that spans a cut is closed at the end of
 //! one part and reopened, with its language, at the start of the next. Concatenating the
 //! [`Part::body`] of every part gives back the text exactly.
 
@@ -13,8 +13,8 @@ pub const MAX_CONTENT_CHARS: usize = 2000;
 /// Appended to a part that ends inside a code block. Its length is reserved in every part.
 const FENCE_CLOSE: &str = "\n```";
 
-/// A cut moves back at most this many characters to avoid splitting a joined emoji or a
-/// backtick run; longer sequences are cut anyway (the text is still delivered whole).
+/// Maximum number of characters a cut moves back to avoid splitting a joined emoji or a
+/// backtick run. A longer sequence is cut, and the text is still delivered whole.
 const MAX_CUT_BACKTRACK: usize = 16;
 
 /// One message's worth of the text.
@@ -30,7 +30,7 @@ pub struct Part {
 }
 
 impl Part {
-    /// The content to send: reopening fence, body, closing fence.
+    /// Builds the content to send: reopening fence, body, closing fence.
     pub fn render(&self) -> String {
         let mut content = String::with_capacity(self.reopen.len() + self.body.len() + 4);
         content.push_str(&self.reopen);
@@ -106,7 +106,7 @@ fn cut_offset(rest: &[char], budget: usize) -> usize {
         .unwrap_or(budget)
 }
 
-/// Whether a cut between `before` and `after` keeps joined sequences whole: no cut after a
+/// Returns whether a cut between `before` and `after` keeps joined sequences whole: no cut after a
 /// zero-width joiner or a backtick run's inner backtick, and none before a joiner, a variation
 /// selector, a skin-tone modifier or a combining mark.
 fn is_clean_cut(before: char, after: char) -> bool {

@@ -1,6 +1,6 @@
 //! A fake Discord REST API on 127.0.0.1 for tests.
 //!
-//! It answers the calls the discord service makes with the shapes Discord documents: create
+//! It responds to the calls the discord service makes with the shapes Discord documents: create
 //! message, execute webhook, edit an interaction's original response, interaction callbacks,
 //! guild command registration, the current user, and the gateway URL (pointing back at this
 //! server, which refuses the WebSocket upgrade, so a client never falls back to Discord's real
@@ -38,23 +38,23 @@ pub struct RecordedRequest {
 }
 
 impl RecordedRequest {
-    /// Whether this is a create-message or execute-webhook call.
+    /// Returns whether this is a create-message or execute-webhook call.
     pub fn is_message_post(&self) -> bool {
         self.method == "POST"
             && (self.path.ends_with("/messages") && self.path.contains("/channels/")
                 || self.path.contains("/webhooks/"))
     }
 
-    /// The message content, or "" when the body has none.
+    /// Returns the message content, or "" when the body has none.
     pub fn content(&self) -> &str {
         self.body["content"].as_str().unwrap_or_default()
     }
 }
 
-/// What the fake answers to a request, in place of success.
+/// Reply the fake sends in place of the normal one.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Scripted {
-    /// The normal answer, as if nothing were scripted.
+    /// The normal reply, as if nothing were scripted.
     Normal,
     /// 429 with Discord's body `{"message","retry_after","global"}` and a `Retry-After` header.
     RateLimited { retry_after_secs: f64, global: bool },
@@ -114,7 +114,7 @@ impl FakeDiscord {
         format!("http://{}", self.addr)
     }
 
-    /// Every request so far, in arrival order.
+    /// Returns every request so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.lock().requests.clone()
     }
