@@ -3,11 +3,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use almagest::discord::config::{Destination, DiscordConfig, RawDiscordConfig};
+use almagest::discord::config::{Destination, DiscordConfig};
 use almagest::discord::deliver::{Outcome, Progress, RetryPolicy, SendError, Sender, build_http};
 use almagest::discord::render::{AllowedMentions, Notification, render, render_plain};
 use serenity::model::id::ChannelId;
 
+use super::discord_config;
 use crate::support::fake_discord::{FakeDiscord, Scripted};
 
 const TOKEN: &str = "test-bot-token";
@@ -18,9 +19,7 @@ fn config(fake: &FakeDiscord, extra: &str) -> DiscordConfig {
         "token = \"{TOKEN}\"\ndefault_channel_id = 10\napi_proxy = \"{}\"\n{extra}",
         fake.url()
     );
-    let raw: RawDiscordConfig = toml::from_str(&text).expect("test config parses");
-    raw.validate_with_env(&|_| None)
-        .expect("test config is valid")
+    discord_config(&text)
 }
 
 fn sender(config: &DiscordConfig) -> Sender {
@@ -376,8 +375,7 @@ async fn webhook_only_mode_posts_webhook() {
         "api_proxy = \"{}\"\ndefault_webhook = \"https://discord.com/api/webhooks/77/hook-token\"",
         fake.url()
     );
-    let raw: RawDiscordConfig = toml::from_str(&text).unwrap();
-    let config = raw.validate_with_env(&|_| None).unwrap();
+    let config = discord_config(&text);
     let sender = sender(&config);
     let destination = config.default_destination.clone().unwrap();
 
@@ -406,8 +404,7 @@ async fn network_error_hides_webhook_token() {
         "api_proxy = \"http://{closed}\"\n\
          default_webhook = \"https://discord.com/api/webhooks/77/hook-token\""
     );
-    let raw: RawDiscordConfig = toml::from_str(&text).unwrap();
-    let config = raw.validate_with_env(&|_| None).unwrap();
+    let config = discord_config(&text);
     let destination = config.default_destination.clone().unwrap();
 
     let parts = render(&note("x"), &AllowedMentions::default());

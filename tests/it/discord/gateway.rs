@@ -4,13 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use almagest::discord::config::RawDiscordConfig;
 use almagest::discord::deliver::{Outcome, Progress, RetryPolicy, Sender, build_http};
 use almagest::discord::gateway::{GatewaySettings, intents, spawn_gateway};
 use almagest::discord::render::{AllowedMentions, Notification, render};
 use tokio::sync::mpsc;
 
-use super::wait_until;
+use super::{discord_config, wait_until};
 use crate::support::fake_discord::FakeDiscord;
 
 #[tokio::test]
@@ -20,8 +19,7 @@ async fn gateway_stays_on_fake_while_delivering() {
         "token = \"t\"\ndefault_channel_id = 10\napi_proxy = \"{}\"",
         fake.url()
     );
-    let raw: RawDiscordConfig = toml::from_str(&text).unwrap();
-    let config = raw.validate_with_env(&|_| None).unwrap();
+    let config = discord_config(&text);
     let http = Arc::new(build_http(&config));
 
     let (events, _received) = mpsc::channel(16);

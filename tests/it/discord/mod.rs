@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use almagest::discord::config::{DiscordConfig, RawDiscordConfig};
+
 mod delivery;
 mod gateway;
 
@@ -15,4 +17,11 @@ async fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Parses and validates a `[discord]` section written as TOML, with an empty environment.
+fn discord_config(toml_text: &str) -> DiscordConfig {
+    let raw: RawDiscordConfig = toml::from_str(toml_text).expect("test config parses");
+    raw.validate_with_env(&|_| None)
+        .expect("test config is valid")
 }
