@@ -68,6 +68,13 @@ fn service_specs(config: &Arc<Config>, bus: &Bus) -> Vec<ChildSpec> {
             bus,
         ));
     }
+    if let Some(discord) = &config.discord {
+        specs.push(supervisor::service_spec::<discord::Discord>(
+            discord.clone(),
+            config,
+            bus,
+        ));
+    }
     if let Some(torrent) = &config.torrent {
         specs.push(supervisor::service_spec::<torrent::TorrentService>(
             torrent.clone(),

@@ -11,10 +11,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use regex::{Regex, RegexBuilder};
-use serde::de::{self, Deserializer, Visitor};
-use serde::{Deserialize, Serialize};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 use serenity::model::id::{ChannelId, GuildId, RoleId, UserId, WebhookId};
 use url::Url;
+
+use crate::config::{Context, Problems, Secret, SecretSource};
 
 /// Default for `discord.retry_for_secs`: an hour covers a Discord outage or a router reboot
 /// without holding a notice back for so long that it is stale when it arrives.
@@ -25,6 +27,11 @@ pub const DEFAULT_RETRY_FOR_SECS: u64 = 3600;
 /// (10,000 per 10 minutes) while a fixed token or permission takes effect soon.
 pub const DEFAULT_RECHECK_SECS: u64 = 300;
 
+/// Default for `discord.claim_idle_secs`. An entry another consumer (a previous instance
+/// name) left pending this long is taken over on start; a minute is far longer than one
+/// delivery attempt, so a live consumer's entry in flight is not taken.
+pub const DEFAULT_CLAIM_IDLE_SECS: u64 = 60;
+
 /// Bus channel a watch rule publishes to when it names none (under `bus.prefix`).
 pub const DEFAULT_RULE_BUS_CHANNEL: &str = "events:discord";
 
@@ -32,44 +39,28 @@ pub const DEFAULT_RULE_BUS_CHANNEL: &str = "events:discord";
 /// make every incoming message expensive to match.
 const RULE_REGEX_SIZE_LIMIT: usize = 1 << 20;
 
-/// The `[discord]` section as written in the file. Every field is optional, so that a missing
-/// key is reported by [`RawDiscordConfig::validate`] with its full name rather than by serde.
+/// The `[discord]` section as written in the file. Every field has a default, so that a
+/// missing key is reported by [`RawDiscordConfig::validate`] with its full name.
 #[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct RawDiscordConfig {
-    #[serde(default)]
     pub token: Option<String>,
-    #[serde(default)]
     pub token_file: Option<PathBuf>,
-    #[serde(default)]
     pub token_env: Option<String>,
-    #[serde(default)]
     pub guild_id: Option<RawId>,
-    #[serde(default)]
     pub default_channel_id: Option<RawId>,
-    #[serde(default)]
     pub default_webhook: Option<RawWebhook>,
-    #[serde(default)]
     pub routes: BTreeMap<String, RawId>,
-    #[serde(default)]
     pub webhooks: BTreeMap<String, RawWebhook>,
-    #[serde(default)]
     pub api_proxy: Option<String>,
-    #[serde(default)]
     pub retry_for_secs: Option<u64>,
-    #[serde(default)]
     pub recheck_secs: Option<u64>,
-    #[serde(default)]
+    pub claim_idle_secs: Option<u64>,
     pub gateway: Option<bool>,
-    #[serde(default)]
     pub allowed_user_ids: Vec<RawId>,
-    #[serde(default)]
     pub allowed_role_ids: Vec<RawId>,
-    #[serde(default)]
     pub mention_user_ids: Vec<RawId>,
-    #[serde(default)]
     pub mention_role_ids: Vec<RawId>,
-    #[serde(default)]
     pub rules: Vec<RawRule>,
 }
 
@@ -100,6 +91,14 @@ impl<'de> Deserialize<'de> for RawId {
                 Ok(RawId::Int(value.into()))
             }
 
+            fn visit_i128<E: de::Error>(self, value: i128) -> Result<RawId, E> {
+                Ok(RawId::Int(value))
+            }
+
+            fn visit_u128<E: de::Error>(self, value: u128) -> Result<RawId, E> {
+                Ok(RawId::Int(i128::try_from(value).unwrap_or(-1)))
+            }
+
             fn visit_str<E: de::Error>(self, value: &str) -> Result<RawId, E> {
                 Ok(RawId::Text(value.to_owned()))
             }
@@ -110,80 +109,70 @@ impl<'de> Deserialize<'de> for RawId {
 }
 
 /// A webhook URL as written: the URL inline, or a table naming where to read it from.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum RawWebhook {
     Url(String),
     Table(RawWebhookTable),
 }
 
+impl<'de> Deserialize<'de> for RawWebhook {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RawWebhookVisitor;
+
+        impl<'de> Visitor<'de> for RawWebhookVisitor {
+            type Value = RawWebhook;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a webhook URL, or a table with url, url_file or url_env")
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<RawWebhook, E> {
+                Ok(RawWebhook::Url(value.to_owned()))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawWebhook, A::Error> {
+                let table =
+                    RawWebhookTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawWebhook::Table(table))
+            }
+        }
+
+        deserializer.deserialize_any(RawWebhookVisitor)
+    }
+}
+
 #[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct RawWebhookTable {
-    #[serde(default)]
     pub url: Option<String>,
-    #[serde(default)]
     pub url_file: Option<PathBuf>,
-    #[serde(default)]
     pub url_env: Option<String>,
 }
 
 /// One `[[discord.rules]]` entry: which Discord channels to watch, what to match and where to
 /// publish a match.
 #[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default)]
 pub struct RawRule {
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub channel_ids: Vec<RawId>,
-    #[serde(default)]
     pub regex: Option<String>,
-    #[serde(default)]
     pub prefix: Option<String>,
-    #[serde(default)]
     pub bus_channel: Option<String>,
-}
-
-/// A secret value (bot token, webhook token). Its `Debug` and `Display` print a mask, so a
-/// secret can sit inside a config struct that is logged or printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// Returns the secret itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
 }
 
 /// A Discord webhook parsed from its URL `https://discord.com/api/webhooks/ID/TOKEN`. Requests
 /// go to the same API base as the bot's (Discord or `discord.api_proxy`), so only the id and
 /// token are kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Webhook {
     pub id: WebhookId,
     pub token: Secret,
 }
 
 /// Destination of a notice: a channel (posted to by the bot) or a webhook.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Destination {
     Channel(ChannelId),
     Webhook(Webhook),
@@ -196,6 +185,17 @@ pub enum Matcher {
     Prefix(String),
 }
 
+impl Serialize for Matcher {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = std::collections::BTreeMap::new();
+        match self {
+            Matcher::Regex(regex) => map.insert("regex", regex.as_str()),
+            Matcher::Prefix(prefix) => map.insert("prefix", prefix.as_str()),
+        };
+        map.serialize(serializer)
+    }
+}
+
 impl Matcher {
     pub fn is_match(&self, content: &str) -> bool {
         match self {
@@ -206,17 +206,18 @@ impl Matcher {
 }
 
 /// A validated `[[discord.rules]]` entry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct WatchRule {
     pub name: String,
     pub channel_ids: BTreeSet<ChannelId>,
+    #[serde(flatten)]
     pub matcher: Matcher,
     /// Bus channel under `bus.prefix`, such as `events:discord`.
     pub bus_channel: String,
 }
 
 /// The validated `[discord]` section.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct DiscordConfig {
     /// Bot token, or `None` in webhook-only mode.
     pub token: Option<Secret>,
@@ -228,8 +229,15 @@ pub struct DiscordConfig {
     pub routes: BTreeMap<String, Destination>,
     /// Base URL that replaces `https://discord.com` in every REST call.
     pub api_proxy: Option<String>,
+    /// How long a notice is retried on 429, 5xx and network errors.
+    #[serde(serialize_with = "as_secs")]
     pub retry_for: Duration,
+    /// How often delivery is tried again after a 401 or 403 stopped it.
+    #[serde(serialize_with = "as_secs")]
     pub recheck_interval: Duration,
+    /// How long another consumer's entry must be pending before this one claims it.
+    #[serde(serialize_with = "as_secs")]
+    pub claim_idle: Duration,
     /// Whether the bot connects to the gateway (incoming messages and slash commands).
     pub gateway: bool,
     pub allowed_user_ids: BTreeSet<UserId>,
@@ -252,59 +260,19 @@ impl DiscordConfig {
     }
 }
 
-/// One problem found in the section, with the full key it concerns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ConfigProblem {
-    pub key: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
-
-/// Collects problems while one section is validated.
-#[derive(Default)]
-struct Problems(Vec<ConfigProblem>);
-
-impl Problems {
-    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigProblem {
-            key: key.into(),
-            message: message.into(),
-        });
-    }
+fn as_secs<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(duration.as_secs())
 }
 
 impl RawDiscordConfig {
-    /// Validates the section, reading secrets from files and the process environment.
-    pub fn validate(&self) -> Result<DiscordConfig, Vec<ConfigProblem>> {
-        self.validate_with_env(&|name| std::env::var(name).ok())
-    }
-
-    /// Validates the section with `env` as the environment, so tests need not change the
-    /// process environment.
-    pub fn validate_with_env(
-        &self,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<DiscordConfig, Vec<ConfigProblem>> {
-        let mut problems = Problems::default();
-
-        let token = resolve_secret(
-            "discord.token",
-            SecretSource {
-                inline: self.token.as_deref(),
-                file: self.token_file.as_deref(),
-                env_name: self.token_env.as_deref(),
-            },
-            env,
-        )
-        .unwrap_or_else(|message| {
-            problems.push("discord.token", message);
-            None
-        });
+    /// Validates the section, recording every problem in `problems`.
+    pub fn validate(&self, problems: &mut Problems, ctx: &Context) -> DiscordConfig {
+        let token = SecretSource {
+            inline: self.token.as_deref(),
+            file: self.token_file.as_deref(),
+            env: self.token_env.as_deref(),
+        }
+        .resolve("discord.token", problems, ctx);
         let has_token = token.is_some() || self.has_token_key();
 
         let guild_id = self.guild_id.as_ref().and_then(|raw| {
@@ -312,37 +280,22 @@ impl RawDiscordConfig {
                 .map_err(|message| problems.push("discord.guild_id", message))
                 .ok()
         });
-        let (default_destination, routes) = self.destinations(has_token, env, &mut problems);
-        let api_proxy = validate_api_proxy(self.api_proxy.as_deref(), &mut problems);
+        let (default_destination, routes) = self.destinations(has_token, ctx, problems);
+        let api_proxy = validate_api_proxy(self.api_proxy.as_deref(), problems);
         let gateway = self.gateway.unwrap_or(true);
-        let allowed_user_ids = parse_ids(
-            "discord.allowed_user_ids",
-            &self.allowed_user_ids,
-            &mut problems,
-        );
-        let allowed_role_ids = parse_ids(
-            "discord.allowed_role_ids",
-            &self.allowed_role_ids,
-            &mut problems,
-        );
-        let mention_user_ids = parse_ids(
-            "discord.mention_user_ids",
-            &self.mention_user_ids,
-            &mut problems,
-        );
-        let mention_role_ids = parse_ids(
-            "discord.mention_role_ids",
-            &self.mention_role_ids,
-            &mut problems,
-        );
-        let rules = self.watch_rules(&mut problems);
+        let allowed_user_ids =
+            parse_ids("discord.allowed_user_ids", &self.allowed_user_ids, problems);
+        let allowed_role_ids =
+            parse_ids("discord.allowed_role_ids", &self.allowed_role_ids, problems);
+        let mention_user_ids =
+            parse_ids("discord.mention_user_ids", &self.mention_user_ids, problems);
+        let mention_role_ids =
+            parse_ids("discord.mention_role_ids", &self.mention_role_ids, problems);
+        let rules = self.watch_rules(problems);
 
-        self.check_incoming(has_token, gateway, &mut problems);
+        self.check_incoming(has_token, gateway, problems);
 
-        if !problems.0.is_empty() {
-            return Err(problems.0);
-        }
-        Ok(DiscordConfig {
+        DiscordConfig {
             token,
             guild_id,
             default_destination,
@@ -352,13 +305,16 @@ impl RawDiscordConfig {
             recheck_interval: Duration::from_secs(
                 self.recheck_secs.unwrap_or(DEFAULT_RECHECK_SECS).max(1),
             ),
+            claim_idle: Duration::from_secs(
+                self.claim_idle_secs.unwrap_or(DEFAULT_CLAIM_IDLE_SECS),
+            ),
             gateway,
             allowed_user_ids,
             allowed_role_ids,
             mention_user_ids: mention_user_ids.into_iter().collect(),
             mention_role_ids: mention_role_ids.into_iter().collect(),
             rules,
-        })
+        }
     }
 
     fn has_token_key(&self) -> bool {
@@ -370,7 +326,7 @@ impl RawDiscordConfig {
     fn destinations(
         &self,
         has_token: bool,
-        env: &dyn Fn(&str) -> Option<String>,
+        ctx: &Context,
         problems: &mut Problems,
     ) -> (Option<Destination>, BTreeMap<String, Destination>) {
         let mut routes = BTreeMap::new();
@@ -400,7 +356,7 @@ impl RawDiscordConfig {
                     ),
                 );
             }
-            if let Some(webhook) = resolve_webhook(&key, raw, env, problems) {
+            if let Some(webhook) = resolve_webhook(&key, raw, ctx, problems) {
                 routes.insert(name.clone(), Destination::Webhook(webhook));
             }
         }
@@ -416,7 +372,7 @@ impl RawDiscordConfig {
         let webhook = self
             .default_webhook
             .as_ref()
-            .and_then(|raw| resolve_webhook("discord.default_webhook", raw, env, problems));
+            .and_then(|raw| resolve_webhook("discord.default_webhook", raw, ctx, problems));
         if self.default_channel_id.is_some() && self.default_webhook.is_some() {
             problems.push(
                 "discord.default_webhook",
@@ -531,52 +487,10 @@ impl RawDiscordConfig {
 const NEEDS_TOKEN: &str = "needs a bot token: set discord.token_file, discord.token_env or \
                            discord.token (or use discord.webhooks for webhook-only mode)";
 
-/// Sources of one secret, of which at most one may be set.
-pub struct SecretSource<'a> {
-    pub inline: Option<&'a str>,
-    pub file: Option<&'a std::path::Path>,
-    pub env_name: Option<&'a str>,
-}
-
-/// Resolves a secret written inline, as `<key>_file` or as `<key>_env`. Errors name the key,
-/// the file or the variable, never the value. Returns `Ok(None)` when none is set.
-pub fn resolve_secret(
-    key: &str,
-    source: SecretSource<'_>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Option<Secret>, String> {
-    let set = [
-        source.inline.is_some(),
-        source.file.is_some(),
-        source.env_name.is_some(),
-    ];
-    if set.iter().filter(|set| **set).count() > 1 {
-        return Err(format!("set only one of {key}, {key}_file and {key}_env"));
-    }
-
-    let value = if let Some(inline) = source.inline {
-        inline.to_owned()
-    } else if let Some(path) = source.file {
-        std::fs::read_to_string(path)
-            .map_err(|error| format!("cannot read {key}_file {}: {error}", path.display()))?
-    } else if let Some(name) = source.env_name {
-        env(name)
-            .ok_or_else(|| format!("{key}_env names the variable {name:?}, which is not set"))?
-    } else {
-        return Ok(None);
-    };
-
-    let value = value.trim();
-    if value.is_empty() {
-        return Err(format!("{key} is empty"));
-    }
-    Ok(Some(Secret::new(value)))
-}
-
 fn resolve_webhook(
     key: &str,
     raw: &RawWebhook,
-    env: &dyn Fn(&str) -> Option<String>,
+    ctx: &Context,
     problems: &mut Problems,
 ) -> Option<Webhook> {
     let table = match raw {
@@ -589,26 +503,17 @@ fn resolve_webhook(
     let source = SecretSource {
         inline: table.url.as_deref(),
         file: table.url_file.as_deref(),
-        env_name: table.url_env.as_deref(),
+        env: table.url_env.as_deref(),
     };
     let url_key = format!("{key}.url");
-    match resolve_secret(&url_key, source, env) {
-        Ok(Some(url)) => match parse_webhook_url(url.expose()) {
-            Ok(webhook) => Some(webhook),
-            Err(message) => {
-                problems.push(url_key, message);
-                None
-            }
-        },
-        Ok(None) => {
-            problems.push(url_key, "missing: set url, url_file or url_env");
-            None
-        }
-        Err(message) => {
-            problems.push(url_key, message);
-            None
-        }
+    if !source.is_set() {
+        problems.push(url_key, "missing: set url, url_file or url_env");
+        return None;
     }
+    let url = source.resolve(&url_key, problems, ctx)?;
+    parse_webhook_url(url.expose().trim())
+        .map_err(|message| problems.push(url_key, message))
+        .ok()
 }
 
 /// Hosts that serve Discord webhooks.
@@ -787,30 +692,44 @@ fn is_bus_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+
     use super::*;
-
-    fn parse(toml_text: &str) -> RawDiscordConfig {
-        toml::from_str(toml_text).unwrap()
-    }
-
-    fn validate(toml_text: &str) -> Result<DiscordConfig, Vec<ConfigProblem>> {
-        let env = |name: &str| (name == "HOOK").then(|| WEBHOOK.to_owned());
-        parse(toml_text).validate_with_env(&env)
-    }
-
-    fn problem_keys(toml_text: &str) -> Vec<String> {
-        validate(toml_text)
-            .unwrap_err()
-            .into_iter()
-            .map(|problem| problem.key)
-            .collect()
-    }
+    use crate::config::{Config, ConfigError};
 
     const WEBHOOK: &str = "https://discord.com/api/webhooks/123/secret-token";
 
+    fn load(section: &str) -> Result<Config, ConfigError> {
+        let env = HashMap::from([("HOOK".to_owned(), WEBHOOK.to_owned())]);
+        Config::from_toml(
+            &format!("[discord]\n{section}"),
+            Path::new("test.toml"),
+            env,
+        )
+    }
+
+    fn validate(section: &str) -> DiscordConfig {
+        let config = load(section).unwrap_or_else(|error| panic!("{error}"));
+        config.discord.expect("the section is present")
+    }
+
+    fn problems(section: &str) -> Vec<(String, String)> {
+        let error = load(section).expect_err("the section is invalid");
+        error
+            .problems()
+            .iter()
+            .map(|p| (p.key.clone(), p.message.clone()))
+            .collect()
+    }
+
+    fn problem_keys(section: &str) -> Vec<String> {
+        problems(section).into_iter().map(|(key, _)| key).collect()
+    }
+
     #[test]
     fn empty_section_is_valid() {
-        let config = validate("").unwrap();
+        let config = validate("");
         assert!(!config.delivers());
         assert_eq!(
             config.retry_for,
@@ -825,11 +744,10 @@ mod tests {
             token = "abc"
             default_channel_id = "111"
             retry_for_secs = 60
-            [routes]
+            [discord.routes]
             alerts = 222
             "#,
-        )
-        .unwrap();
+        );
         assert_eq!(
             config.default_destination,
             Some(Destination::Channel(ChannelId::new(111)))
@@ -843,16 +761,11 @@ mod tests {
 
     #[test]
     fn bad_route_id_names_key() {
-        let problems =
-            validate("token = \"t\"\ndefault_channel_id = 1\n[routes]\nalerts = \"abc\"")
-                .unwrap_err();
-        assert_eq!(problems.len(), 1);
-        assert_eq!(problems[0].key, "discord.routes.alerts");
-        assert!(
-            problems[0].message.contains("\"abc\""),
-            "{}",
-            problems[0].message
-        );
+        let found =
+            problems("token = \"t\"\ndefault_channel_id = 1\nroutes = { alerts = \"abc\" }");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, "discord.routes.alerts");
+        assert!(found[0].1.contains("\"abc\""), "{}", found[0].1);
     }
 
     #[test]
@@ -870,17 +783,16 @@ mod tests {
             token = "t"
             token_env = "X"
             api_proxy = "ftp://x"
-            [routes]
-            a = 0
+            routes = { a = 0 }
             "#,
         );
         assert_eq!(
             keys,
             [
-                "discord.token",
-                "discord.routes.a",
+                "discord.api_proxy",
                 "discord.default_channel_id",
-                "discord.api_proxy"
+                "discord.routes.a",
+                "discord.token"
             ]
         );
     }
@@ -896,9 +808,8 @@ mod tests {
     #[test]
     fn webhook_only_mode_valid() {
         let config = validate(&format!(
-            "default_webhook = \"{WEBHOOK}\"\n[webhooks]\nalerts = {{ url_env = \"HOOK\" }}"
-        ))
-        .unwrap();
+            "default_webhook = \"{WEBHOOK}\"\nwebhooks = {{ alerts = {{ url_env = \"HOOK\" }} }}"
+        ));
         assert!(config.token.is_none());
         let Some(Destination::Webhook(webhook)) = &config.routes.get("alerts") else {
             panic!("alerts is not a webhook route");
@@ -909,27 +820,31 @@ mod tests {
 
     #[test]
     fn webhook_error_hides_url() {
-        let problems =
-            validate("default_webhook = \"https://example.com/api/webhooks/1/very-secret\"")
-                .unwrap_err();
-        assert_eq!(problems[0].key, "discord.default_webhook.url");
-        assert!(!problems[0].message.contains("very-secret"));
+        let found =
+            problems("default_webhook = \"https://example.com/api/webhooks/1/very-secret\"");
+        assert_eq!(found[0].0, "discord.default_webhook.url");
+        assert!(!found[0].1.contains("very-secret"));
     }
 
     #[test]
     fn missing_webhook_env_names_variable() {
-        let problems = validate("default_webhook = { url_env = \"NOPE\" }").unwrap_err();
-        assert!(
-            problems[0].message.contains("\"NOPE\""),
-            "{}",
-            problems[0].message
-        );
+        let found = problems("default_webhook = { url_env = \"NOPE\" }");
+        assert_eq!(found[0].0, "discord.default_webhook.url_env");
+        assert!(found[0].1.contains("NOPE"), "{}", found[0].1);
+    }
+
+    #[test]
+    fn unknown_webhook_key_reported() {
+        let keys = problem_keys(&format!(
+            "default_webhook = {{ url = \"{WEBHOOK}\", ur = 1 }}"
+        ));
+        assert_eq!(keys, ["discord.default_webhook.ur"]);
     }
 
     #[test]
     fn route_in_both_tables_rejected() {
         let keys = problem_keys(&format!(
-            "token = \"t\"\ndefault_channel_id = 1\n[routes]\na = 2\n[webhooks]\na = \"{WEBHOOK}\""
+            "token = \"t\"\ndefault_channel_id = 1\nroutes = {{ a = 2 }}\nwebhooks = {{ a = \"{WEBHOOK}\" }}"
         ));
         assert_eq!(keys, ["discord.webhooks.a"]);
     }
@@ -939,19 +854,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "file-token\n").unwrap();
-        let config = validate(&format!("token_file = {:?}", path.display().to_string())).unwrap();
+        let config = validate(&format!("token_file = {:?}", path.display().to_string()));
         assert_eq!(config.token.unwrap().expose(), "file-token");
     }
 
     #[test]
-    fn secrets_absent_from_debug() {
-        let config = validate(&format!(
-            "token = \"bot-secret\"\ndefault_channel_id = 1\n[webhooks]\na = \"{WEBHOOK}\""
+    fn secrets_absent_from_output() {
+        let config = load(&format!(
+            "token = \"bot-secret\"\ndefault_channel_id = 1\nwebhooks = {{ a = \"{WEBHOOK}\" }}"
         ))
         .unwrap();
         let debug = format!("{config:?}");
-        assert!(!debug.contains("bot-secret"));
-        assert!(!debug.contains("secret-token"));
+        let masked = config.to_masked_toml();
+        for text in [&debug, &masked] {
+            assert!(!text.contains("bot-secret"), "{text}");
+            assert!(!text.contains("secret-token"), "{text}");
+        }
     }
 
     #[test]
@@ -959,11 +877,11 @@ mod tests {
         let keys = problem_keys(
             r#"
             token = "t"
-            [[rules]]
+            [[discord.rules]]
             name = "ok"
             channel_ids = [1]
             prefix = "!"
-            [[rules]]
+            [[discord.rules]]
             name = "ok"
             regex = "("
             bus_channel = "bad channel"
@@ -972,17 +890,27 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "discord.rules[1].name",
+                "discord.rules[1].bus_channel",
                 "discord.rules[1].channel_ids",
-                "discord.rules[1].regex",
-                "discord.rules[1].bus_channel"
+                "discord.rules[1].name",
+                "discord.rules[1].regex"
             ]
         );
     }
 
     #[test]
+    fn rule_serializes_matcher() {
+        let config = validate(
+            "token = \"t\"\n[[discord.rules]]\nname = \"a\"\nchannel_ids = [1]\nregex = \"x+\"",
+        );
+        let json = serde_json::to_value(&config.rules[0]).unwrap();
+        assert_eq!(json["regex"], "x+");
+    }
+
+    #[test]
     fn rules_need_token() {
-        let keys = problem_keys("[[rules]]\nname = \"a\"\nchannel_ids = [1]\nprefix = \"!\"");
+        let keys =
+            problem_keys("[[discord.rules]]\nname = \"a\"\nchannel_ids = [1]\nprefix = \"!\"");
         assert_eq!(keys, ["discord.rules"]);
     }
 
@@ -996,8 +924,24 @@ mod tests {
 
     #[test]
     fn unknown_key_rejected() {
-        let error = toml::from_str::<RawDiscordConfig>("tokn = \"t\"").unwrap_err();
-        assert!(error.to_string().contains("tokn"), "{error}");
+        assert_eq!(problem_keys("tokn = \"t\""), ["discord.tokn"]);
+    }
+
+    #[test]
+    fn env_override_sets_channel() {
+        let env = HashMap::from([
+            (
+                "ALMAGEST__DISCORD__DEFAULT_CHANNEL_ID".to_owned(),
+                "555".to_owned(),
+            ),
+            ("ALMAGEST__DISCORD__TOKEN".to_owned(), "t".to_owned()),
+        ]);
+        let config = Config::from_toml("[discord]\n", Path::new("test.toml"), env).unwrap();
+        let discord = config.discord.unwrap();
+        assert_eq!(
+            discord.default_destination,
+            Some(Destination::Channel(ChannelId::new(555)))
+        );
     }
 
     #[test]

@@ -145,7 +145,7 @@ pub struct Sender {
 
 impl Sender {
     pub fn new(http: Arc<Http>) -> Result<Self, reqwest::Error> {
-        ensure_crypto_provider();
+        crate::telemetry::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()?;
@@ -424,15 +424,6 @@ pub fn describe(destination: &Destination) -> String {
             format!("channel {}", destination_key(destination))
         }
         Destination::Webhook(webhook) => format!("webhook {}", webhook.id),
-    }
-}
-
-/// Installs rustls's ring provider as the process default when none is installed yet;
-/// reqwest, built without a provider of its own, panics otherwise.
-fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // An error means another thread installed one first, which is just as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 

@@ -217,7 +217,7 @@ mod tests {
     use regex::Regex;
 
     use super::*;
-    use crate::discord::config::{Matcher, RawDiscordConfig};
+    use crate::discord::config::Matcher;
 
     fn message(channel: u64, content: &str) -> IncomingMessage {
         IncomingMessage {
@@ -240,9 +240,15 @@ mod tests {
         }
     }
 
-    fn config(toml_text: &str) -> DiscordConfig {
-        let raw: RawDiscordConfig = toml::from_str(toml_text).unwrap();
-        raw.validate_with_env(&|_| None).unwrap()
+    fn config(section: &str) -> DiscordConfig {
+        let text = format!("[discord]\n{section}");
+        let config = crate::config::Config::from_toml(
+            &text,
+            std::path::Path::new("test.toml"),
+            Default::default(),
+        )
+        .unwrap_or_else(|error| panic!("{error}"));
+        config.discord.unwrap()
     }
 
     #[test]

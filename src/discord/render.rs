@@ -5,11 +5,12 @@
 //! limits. Anything else, and anything too long for an embed, becomes plain text split into
 //! messages of at most 2000 characters. Nothing is dropped or truncated.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serenity::model::id::{RoleId, UserId};
 
 use super::config::{Destination, DiscordConfig};
 use super::split::{MAX_CONTENT_CHARS, split_text};
+use crate::bus::wire::{Level, Notification};
 
 /// Discord's embed limits, in characters.
 /// <https://discord.com/developers/docs/resources/message#embed-object-embed-limits>
@@ -22,29 +23,6 @@ pub mod embed_limits {
     pub const FOOTER_TEXT: usize = 2048;
     /// Sum of title, description, field names and values, footer text and author name.
     pub const TOTAL: usize = 6000;
-}
-
-/// A notification object as scripts and services publish it; only `text` is required.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Notification {
-    pub text: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub title: Option<String>,
-    /// `info`, `warn` or `error`; other values are kept and may still match a route.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub level: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub route: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub fields: Vec<NotificationField>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NotificationField {
-    pub name: String,
-    pub value: String,
 }
 
 /// The JSON body of a create-message or execute-webhook request: both take these fields.
@@ -175,7 +153,7 @@ pub fn render_embed(notification: &Notification) -> Option<Embed> {
     Some(Embed {
         title: title.map(str::to_owned),
         description: description.map(str::to_owned),
-        color: level_color(notification.level.as_deref()),
+        color: notification.level.map(level_color),
         fields: notification
             .fields
             .iter()
@@ -195,9 +173,9 @@ pub fn render_embed(notification: &Notification) -> Option<Embed> {
 /// line per field and the source. The result may be longer than one message.
 pub fn render_plain(notification: &Notification) -> String {
     let mut lines: Vec<String> = Vec::new();
-    let marker = match notification.level.as_deref() {
-        Some("warn") => "⚠️ ",
-        Some("error") => "🚨 ",
+    let marker = match notification.level {
+        Some(Level::Warn) => "⚠️ ",
+        Some(Level::Error) => "🚨 ",
         _ => "",
     };
 
@@ -239,12 +217,20 @@ fn chars(text: &str) -> usize {
 }
 
 /// Embed side colour by level: blue for info, amber for warn, red for error.
-fn level_color(level: Option<&str>) -> Option<u32> {
+fn level_color(level: Level) -> u32 {
     match level {
-        Some("info") => Some(0x3498DB),
-        Some("warn") => Some(0xF1C40F),
-        Some("error") => Some(0xE74C3C),
-        _ => None,
+        Level::Info => 0x3498DB,
+        Level::Warn => 0xF1C40F,
+        Level::Error => 0xE74C3C,
+    }
+}
+
+/// The level's name as it appears in the notification object and in `[discord.routes]`.
+pub fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::Info => "info",
+        Level::Warn => "warn",
+        Level::Error => "error",
     }
 }
 
@@ -254,15 +240,16 @@ pub fn route<'a>(
     notification: &Notification,
     config: &'a DiscordConfig,
 ) -> Option<&'a Destination> {
-    let by_name = |name: Option<&String>| name.and_then(|name| config.routes.get(name));
-    by_name(notification.route.as_ref())
-        .or_else(|| by_name(notification.level.as_ref()))
+    let by_name = |name: Option<&str>| name.and_then(|name| config.routes.get(name));
+    by_name(notification.route.as_deref())
+        .or_else(|| by_name(notification.level.map(level_name)))
         .or(config.default_destination.as_ref())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::wire::Field;
 
     fn note(text: &str) -> Notification {
         Notification {
@@ -305,8 +292,8 @@ mod tests {
         let notification = Notification {
             text: "all good".into(),
             title: Some("Backup".into()),
-            level: Some("info".into()),
-            fields: vec![NotificationField {
+            level: Some(Level::Info),
+            fields: vec![Field {
                 name: "size".into(),
                 value: "3 GB".into(),
             }],
@@ -358,7 +345,7 @@ mod tests {
     fn long_field_value_falls_back_to_text() {
         let notification = Notification {
             text: "x".into(),
-            fields: vec![NotificationField {
+            fields: vec![Field {
                 name: "log".into(),
                 value: "v".repeat(1025),
             }],
@@ -369,7 +356,7 @@ mod tests {
 
     #[test]
     fn embed_total_over_6000_falls_back() {
-        let field = NotificationField {
+        let field = Field {
             name: "n".into(),
             value: "v".repeat(1000),
         };
@@ -387,7 +374,7 @@ mod tests {
         let notification = Notification {
             text: "d".repeat(4096),
             title: Some("t".repeat(256)),
-            fields: vec![NotificationField {
+            fields: vec![Field {
                 name: "n".into(),
                 value: "v".repeat(1024),
             }],
@@ -400,7 +387,7 @@ mod tests {
     fn empty_field_value_falls_back() {
         let notification = Notification {
             text: "x".into(),
-            fields: vec![NotificationField {
+            fields: vec![Field {
                 name: "n".into(),
                 value: " ".into(),
             }],
@@ -418,40 +405,38 @@ mod tests {
     #[test]
     fn warn_level_marks_plain_text() {
         let notification = Notification {
-            level: Some("warn".into()),
+            level: Some(Level::Warn),
             ..note("hot")
         };
         assert_eq!(render_plain(&notification), "⚠️ hot");
     }
 
-    fn routed(route_name: Option<&str>, level: Option<&str>) -> Option<Destination> {
-        let raw: crate::discord::config::RawDiscordConfig = toml::from_str(
-            "token = \"t\"\ndefault_channel_id = 1\n[routes]\nalerts = 2\nerror = 3",
+    fn routed(route_name: Option<&str>, level: Option<Level>) -> Option<Destination> {
+        let text = "[discord]\ntoken = \"t\"\ndefault_channel_id = 1\n\
+                    routes = { alerts = 2, error = 3 }";
+        let config = crate::config::Config::from_toml(
+            text,
+            std::path::Path::new("test.toml"),
+            Default::default(),
         )
         .unwrap();
-        let config = raw.validate_with_env(&|_| None).unwrap();
+        let discord = config.discord.unwrap();
         let notification = Notification {
             route: route_name.map(str::to_owned),
-            level: level.map(str::to_owned),
+            level,
             ..note("x")
         };
-        route(&notification, &config).cloned()
+        route(&notification, &discord).cloned()
     }
 
     #[test]
     fn routes_by_route_then_level_then_default() {
         use serenity::model::id::ChannelId;
         let channel = |id| Some(Destination::Channel(ChannelId::new(id)));
-        assert_eq!(routed(Some("alerts"), Some("error")), channel(2));
-        assert_eq!(routed(Some("unknown"), Some("error")), channel(3));
-        assert_eq!(routed(None, Some("error")), channel(3));
-        assert_eq!(routed(Some("unknown"), Some("info")), channel(1));
+        assert_eq!(routed(Some("alerts"), Some(Level::Error)), channel(2));
+        assert_eq!(routed(Some("unknown"), Some(Level::Error)), channel(3));
+        assert_eq!(routed(None, Some(Level::Error)), channel(3));
+        assert_eq!(routed(Some("unknown"), Some(Level::Info)), channel(1));
         assert_eq!(routed(None, None), channel(1));
-    }
-
-    #[test]
-    fn notification_parses_minimal_object() {
-        let parsed: Notification = serde_json::from_str(r#"{"text":"hi"}"#).unwrap();
-        assert_eq!(parsed, note("hi"));
     }
 }

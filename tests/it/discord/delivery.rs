@@ -3,9 +3,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use almagest::bus::{Level, Notification};
 use almagest::discord::config::{Destination, DiscordConfig};
 use almagest::discord::deliver::{Outcome, Progress, RetryPolicy, SendError, Sender, build_http};
-use almagest::discord::render::{AllowedMentions, Notification, render, render_plain};
+use almagest::discord::render::{AllowedMentions, render, render_plain};
 use serenity::model::id::ChannelId;
 
 use super::discord_config;
@@ -341,7 +342,7 @@ async fn embed_delivered_as_embed() {
     let config = config(&fake, "");
     let notification = Notification {
         title: Some("Backup finished".into()),
-        level: Some("error".into()),
+        level: Some(Level::Error),
         ..note("3 files failed")
     };
     deliver_note(&sender(&config), &notification, &fast_policy(WAIT)).await;

@@ -4,13 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use almagest::bus::Notification;
 use almagest::discord::deliver::{Outcome, Progress, RetryPolicy, Sender, build_http};
 use almagest::discord::gateway::{GatewaySettings, intents, spawn_gateway};
-use almagest::discord::render::{AllowedMentions, Notification, render};
+use almagest::discord::render::{AllowedMentions, render};
 use tokio::sync::mpsc;
 
-use super::{discord_config, wait_until};
+use super::discord_config;
 use crate::support::fake_discord::FakeDiscord;
+use crate::support::{WAIT, wait_until};
 
 #[tokio::test]
 async fn gateway_stays_on_fake_while_delivering() {
@@ -30,7 +32,7 @@ async fn gateway_stays_on_fake_while_delivering() {
     let _gateway = spawn_gateway(http.clone(), settings, events);
 
     // The client asked the fake for the gateway URL and tried the WebSocket there.
-    wait_until(Duration::from_secs(10), || {
+    wait_until(WAIT, "a WebSocket attempt on the fake", || async {
         fake.requests()
             .iter()
             .any(|request| request.path.starts_with("/gateway-ws"))
