@@ -2,6 +2,7 @@
 
 use almagest::discord::config::DiscordConfig;
 
+mod commands;
 mod delivery;
 mod gateway;
 mod service;
