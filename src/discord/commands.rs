@@ -19,11 +19,11 @@ use super::incoming::refusal;
 use super::replies::status_text;
 use crate::bus::Bus;
 
-/// Longest a `/rebuild` waits for the builder's result. An interaction token is valid for
+/// Maximum wait of a `/rebuild` for the builder's result. An interaction token is valid for
 /// 15 minutes; the margin leaves time for the final edit.
 pub const REBUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(14 * 60);
 
-/// How long `/ping` collects pongs. Services on the same bus answer within milliseconds.
+/// Time `/ping` collects pongs. Services on the same bus reply within milliseconds.
 pub const PING_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Sends the ephemeral refusal to an invoker who may not run commands.
@@ -89,7 +89,7 @@ pub async fn status(bus: Bus, http: Arc<Http>, interaction: Arc<CommandInteracti
     edit(&http, &interaction, deferred, &text).await;
 }
 
-/// The entries of the `P:services` hash, skipping values that are not JSON.
+/// Reads the entries of the `P:services` hash, skipping values that are not JSON.
 async fn registry(bus: &Bus) -> Result<Vec<serde_json::Value>, crate::bus::BusError> {
     let fields = bus.backend()?.hash_get_all(&bus.names().services()).await?;
     Ok(fields

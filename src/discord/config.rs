@@ -28,8 +28,9 @@ pub const DEFAULT_RETRY_FOR_SECS: u64 = 3600;
 pub const DEFAULT_RECHECK_SECS: u64 = 300;
 
 /// Default for `discord.claim_idle_secs`. An entry another consumer (a previous instance
-/// name) left pending this long is taken over on start; a minute is far longer than one
-/// delivery attempt, so a live consumer's entry in flight is not taken.
+/// name) left pending this long is taken over on start. A minute is far longer than one
+/// delivery attempt, so an entry a live consumer is sending is usually not taken; one it has
+/// been retrying for longer is, and may then arrive twice.
 pub const DEFAULT_CLAIM_IDLE_SECS: u64 = 60;
 
 /// Bus channel a watch rule publishes to when it names none (under `bus.prefix`).
@@ -230,13 +231,13 @@ pub struct DiscordConfig {
     /// Base URL that replaces `https://discord.com` in every REST call.
     pub api_proxy: Option<String>,
     /// How long a notice is retried on 429, 5xx and network errors.
-    #[serde(serialize_with = "as_secs")]
+    #[serde(rename = "retry_for_secs", serialize_with = "as_secs")]
     pub retry_for: Duration,
     /// How often delivery is tried again after a 401 or 403 stopped it.
-    #[serde(serialize_with = "as_secs")]
+    #[serde(rename = "recheck_secs", serialize_with = "as_secs")]
     pub recheck_interval: Duration,
     /// How long another consumer's entry must be pending before this one claims it.
-    #[serde(serialize_with = "as_secs")]
+    #[serde(rename = "claim_idle_secs", serialize_with = "as_secs")]
     pub claim_idle: Duration,
     /// Whether the bot connects to the gateway (incoming messages and slash commands).
     pub gateway: bool,

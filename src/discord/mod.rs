@@ -227,7 +227,7 @@ impl DiscordState {
         self.tasks.spawn(task);
     }
 
-    /// Answers a slash command: refuses an unauthorised invoker, rejects an invalid command,
+    /// Handles a slash command: refuses an unauthorised invoker, rejects an invalid command,
     /// or defers the response and starts the command.
     async fn run_command(&mut self, ctx: &Context<Discord>, interaction: Arc<CommandInteraction>) {
         let http = self.http.clone();
@@ -303,7 +303,7 @@ impl DiscordState {
         );
     }
 
-    /// Collects a pong for a `/ping`, or answers a `/rebuild` with the builder's result.
+    /// Collects a pong for a `/ping`, or replies to a `/rebuild` with the builder's result.
     fn record_reply(&mut self, reply: ControlMessage) {
         match reply {
             ControlMessage::Pong(pong) => {

@@ -225,7 +225,8 @@ fn level_color(level: Level) -> u32 {
     }
 }
 
-/// The level's name as it appears in the notification object and in `[discord.routes]`.
+/// Returns the level's name as it appears in the notification object and in
+/// `[discord.routes]`.
 pub fn level_name(level: Level) -> &'static str {
     match level {
         Level::Info => "info",

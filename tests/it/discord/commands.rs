@@ -25,7 +25,7 @@ fn daemon_config(redis: &RedisServer, fake: &FakeDiscord) -> Config {
     parse_config(&config_text(&redis.url(), &section))
 }
 
-/// A command interaction as Discord sends it for a guild member.
+/// Builds a command interaction as Discord sends it for a guild member.
 fn interaction(name: &str, options: Value, user: u64, roles: &[u64]) -> CommandInteraction {
     let roles: Vec<String> = roles.iter().map(u64::to_string).collect();
     serde_json::from_value(json!({
@@ -155,7 +155,7 @@ async fn rebuild_replies_with_result() {
     let options = json!([{ "name": "target", "type": 3, "value": "web" }]);
     invoke(&config, interaction("rebuild", options, ALLOWED_USER, &[])).await;
 
-    // Play the builder: answer the rebuild command on its reply_to channel.
+    // Play the builder: publish the result on the command's reply_to channel.
     let request = wait_for(WAIT, "the rebuild command on the bus", || {
         let found = control
             .json()

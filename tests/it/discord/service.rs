@@ -51,7 +51,7 @@ async fn pending_count(connection: &mut MultiplexedConnection, config: &Config) 
     }
 }
 
-/// The dead letters, as field maps.
+/// Reads the dead letters as field maps.
 async fn dead_letters(
     connection: &mut MultiplexedConnection,
     config: &Config,
