@@ -425,6 +425,7 @@ struct RawConfig {
     redis: RawRedisConfig,
     supervisor: SupervisorConfig,
     control: Option<crate::control::config::RawControlConfig>,
+    discord: Option<crate::discord::config::RawDiscordConfig>,
     torrent: Option<crate::torrent::config::RawTorrentConfig>,
     builder: Option<crate::builder::config::RawBuilderConfig>,
 }
@@ -441,6 +442,8 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control: Option<crate::control::config::ControlConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discord: Option<crate::discord::config::DiscordConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub torrent: Option<crate::torrent::config::TorrentConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -516,6 +519,7 @@ impl Config {
         raw.supervisor.validate(problems);
         let redis = RedisConfig::validate(raw.redis, problems, ctx);
         let control = raw.control.map(|section| section.validate(problems, ctx));
+        let discord = raw.discord.map(|section| section.validate(problems, ctx));
         let torrent = raw.torrent.map(|section| section.validate(problems, ctx));
         let builder = raw.builder.map(|section| section.validate(problems, ctx));
         Config {
@@ -525,6 +529,7 @@ impl Config {
             redis,
             supervisor: raw.supervisor,
             control,
+            discord,
             torrent,
             builder,
         }
@@ -535,6 +540,9 @@ impl Config {
         let mut names = Vec::new();
         if self.control.is_some() {
             names.push(crate::control::NAME);
+        }
+        if self.discord.is_some() {
+            names.push(crate::discord::NAME);
         }
         if self.torrent.is_some() {
             names.push(crate::torrent::NAME);

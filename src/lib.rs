@@ -17,6 +17,7 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod discord;
 pub mod service;
 pub mod supervisor;
 pub mod telemetry;
@@ -63,6 +64,13 @@ fn service_specs(config: &Arc<Config>, bus: &Bus) -> Vec<ChildSpec> {
     if let Some(control) = &config.control {
         specs.push(supervisor::service_spec::<control::Control>(
             control.clone(),
+            config,
+            bus,
+        ));
+    }
+    if let Some(discord) = &config.discord {
+        specs.push(supervisor::service_spec::<discord::Discord>(
+            discord.clone(),
             config,
             bus,
         ));

@@ -101,6 +101,12 @@ impl Names {
         format!("{}:{rest}", self.prefix)
     }
 
+    /// `P:<name>`: a channel named in the config, such as a Discord watch rule's
+    /// `bus_channel`.
+    pub fn channel(&self, name: &str) -> String {
+        self.join(name)
+    }
+
     /// `P:control`: ping, goodbye, crash, rebuild, rollback.
     pub fn control(&self) -> String {
         self.join("control")

@@ -3,5 +3,6 @@
 
 mod builder;
 mod core;
+mod discord;
 mod support;
 mod torrent;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake_api;
+pub mod fake_discord;
 pub mod fake_github;
 pub mod fake_http;
 pub mod fake_kube;
