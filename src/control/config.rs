@@ -85,7 +85,11 @@ impl RawControlConfig {
                 ),
             );
         }
-        if self.drop_dir.as_ref().is_some_and(|dir| dir.as_os_str().is_empty()) {
+        if self
+            .drop_dir
+            .as_ref()
+            .is_some_and(|dir| dir.as_os_str().is_empty())
+        {
             problems.push(
                 "control.drop_dir",
                 "must not be empty: give a folder path or leave the key out",
@@ -133,13 +137,18 @@ mod tests {
 
     #[test]
     fn forget_must_exceed_time_to_down() {
-        let keys = problem_keys("ping_interval_secs = 10\nmissed_pings_for_down = 3\nforget_after_secs = 30");
+        let keys = problem_keys(
+            "ping_interval_secs = 10\nmissed_pings_for_down = 3\nforget_after_secs = 30",
+        );
         assert_eq!(keys, ["control.forget_after_secs"]);
     }
 
     #[test]
     fn max_drop_bytes_range_checked() {
-        assert_eq!(problem_keys("max_drop_bytes = 0"), ["control.max_drop_bytes"]);
+        assert_eq!(
+            problem_keys("max_drop_bytes = 0"),
+            ["control.max_drop_bytes"]
+        );
         assert_eq!(
             problem_keys("max_drop_bytes = 1073741824"),
             ["control.max_drop_bytes"]

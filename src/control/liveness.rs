@@ -13,6 +13,9 @@
 //!   down. A `down` service that says goodbye stays `down`, so its return is still reported.
 //! - An interruption (the bus was unreachable) voids the open round and resets every miss
 //!   count: nobody could answer, so nobody missed anything.
+//! - The first round after loading the registry records answers only. The watcher loads it
+//!   when it starts watching, which includes every reconnect after a bus outage, and other
+//!   instances may still be reconnecting during that round.
 //! - An entry with no answer for `forget_after` is removed. Nothing is forgotten before one
 //!   full round after loading, so services that answer after a long stop of every instance
 //!   are refreshed first.
@@ -28,7 +31,7 @@ use crate::bus::wire::{Pong, RegistryEntry, ServiceState};
 /// pongs cannot grow the registry without bound.
 pub const MAX_TRACKED: usize = 1_024;
 
-/// The registry field of a service: `<service>@<instance>`.
+/// Returns the registry field of a service: `<service>@<instance>`.
 pub fn field(service: &str, instance: &str) -> String {
     format!("{service}@{instance}")
 }
@@ -142,12 +145,12 @@ impl Liveness {
         self.tracked.is_empty()
     }
 
-    /// The current entry of `service@instance`.
+    /// Returns the current entry of `service@instance`.
     pub fn entry(&self, field: &str) -> Option<&RegistryEntry> {
         self.tracked.get(field).map(|tracked| &tracked.entry)
     }
 
-    /// A ping went out: a new round starts.
+    /// Starts a round, because a ping went out.
     pub fn start_round(&mut self) {
         for tracked in self.tracked.values_mut() {
             tracked.answered = false;
@@ -155,16 +158,17 @@ impl Liveness {
         self.round_open = true;
     }
 
-    /// The round ends (the next ping is due): counts a miss for every service that did not
-    /// answer and returns the services that went down with it.
+    /// Ends the round because the next ping is due. Counts a miss for every service that did
+    /// not answer and returns the services that went down with it.
     pub fn end_round(&mut self, now: DateTime<Utc>) -> Vec<Change> {
         if !std::mem::replace(&mut self.round_open, false) {
             return Vec::new();
         }
         self.rounds_since_load = self.rounds_since_load.saturating_add(1);
+        let first_round = self.rounds_since_load == 1;
         let mut changes = Vec::new();
         for tracked in self.tracked.values_mut() {
-            if tracked.answered {
+            if tracked.answered || first_round {
                 tracked.missed = 0;
                 continue;
             }
@@ -179,7 +183,7 @@ impl Liveness {
         changes
     }
 
-    /// The bus was unreachable: the open round does not count and every miss count restarts.
+    /// Voids the open round and restarts every miss count, because the bus was unreachable.
     pub fn interrupt(&mut self) {
         self.round_open = false;
         for tracked in self.tracked.values_mut() {
@@ -198,6 +202,7 @@ impl Liveness {
         let key = field(&pong.service, &pong.instance);
         let now_text = rfc3339(now);
         let rtt_ms = rtt.map(|rtt| rtt.as_millis().min(u128::from(u64::MAX)) as u64);
+
         let Some(tracked) = self.tracked.get_mut(&key) else {
             if self.tracked.len() >= MAX_TRACKED {
                 return None;
@@ -223,6 +228,7 @@ impl Liveness {
                 change: None,
             });
         };
+
         tracked.answered = true;
         tracked.missed = 0;
         let entry = &mut tracked.entry;
@@ -234,6 +240,7 @@ impl Liveness {
                 change = Some(down_since);
             }
         }
+
         entry.version = pong.version.clone();
         entry.restarts = pong.restarts;
         entry.last_pong_at = Some(now_text);
@@ -474,6 +481,19 @@ mod tests {
     }
 
     #[test]
+    fn first_round_after_load_not_counted() {
+        let mut live = liveness();
+        round(&mut live, 0, &["api"]);
+        let saved = live.entry(&field("api", "nas")).unwrap().clone();
+        let mut restarted = liveness();
+        restarted.load([saved]);
+        for t in 0..MISSED as i64 {
+            assert_eq!(round(&mut restarted, 100 + t, &[]), Vec::new(), "round {t}");
+        }
+        assert_eq!(round(&mut restarted, 200, &[]).len(), 1);
+    }
+
+    #[test]
     fn end_without_start_counts_nothing() {
         let mut live = liveness();
         round(&mut live, 0, &["api"]);
@@ -513,7 +533,10 @@ mod tests {
         let mut restarted = liveness();
         restarted.load(saved);
         for t in 0..10 {
-            assert_eq!(round(&mut restarted, 100 + t, &["api", "torrent"]), Vec::new());
+            assert_eq!(
+                round(&mut restarted, 100 + t, &["api", "torrent"]),
+                Vec::new()
+            );
         }
     }
 
@@ -602,7 +625,10 @@ mod tests {
                     .is_some()
             );
         }
-        assert!(live.record_pong(&pong("one-more", "nas"), None, at(0)).is_none());
+        assert!(
+            live.record_pong(&pong("one-more", "nas"), None, at(0))
+                .is_none()
+        );
         assert!(live.record_pong(&pong("s0", "nas"), None, at(1)).is_some());
         assert_eq!(live.len(), MAX_TRACKED);
     }

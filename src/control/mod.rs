@@ -5,7 +5,7 @@
 //! One control service at a time watches: the one whose instance holds the lease (see
 //! [`registry`]). It pings on `P:control` every `control.ping_interval_secs` with `reply_to`
 //! set to `P:control:replies`, records each pong in the registry, and turns missed pings,
-//! answers and goodbyes into state changes with [`liveness`]. The registry lives in Redis, so
+//! pongs and goodbyes into state changes with [`liveness`]. The registry lives in Redis, so
 //! a control service that restarts, or another instance that takes over, carries on where
 //! the last one stopped instead of announcing everything again.
 //!
@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod drop_dir;
+pub mod drop_file;
 pub mod liveness;
 pub mod registry;
 
@@ -38,8 +39,8 @@ use registry::Registry;
 /// Service name.
 pub const NAME: &str = "control";
 /// Lifetime of the lease, in ping intervals. The holder renews it at every ping, so it can
-/// miss two renewals (a slow Redis, a busy host) before a standby takes over; a standby
-/// takes over a killed holder's watch within three intervals.
+/// miss two renewals (a slow Redis, a busy host) before a standby takes over. A standby
+/// takes over from a killed holder within three intervals.
 const LEASE_INTERVALS: u32 = 3;
 
 pub struct Control;
@@ -180,8 +181,8 @@ impl Service for Control {
 }
 
 impl ControlState {
-    /// The time that missed pings take to make a service down; shorter bus outages are not
-    /// announced either.
+    /// Returns how long missed pings take to make a service down. Shorter bus outages are
+    /// not announced either.
     fn time_to_down(ctx: &Context<Control>) -> Duration {
         ctx.config.ping_interval() * ctx.config.missed_pings_for_down
     }
@@ -212,8 +213,8 @@ impl ControlState {
         self.tick(ctx).await;
     }
 
-    /// One ping round: settles the lease, ends the previous round, forgets old entries and
-    /// pings. Schedules the next tick first, so that rounds last a whole interval even when
+    /// Runs one ping round: settles the lease, ends the previous round, removes expired
+    /// entries and pings. Schedules the next tick first, so that rounds last a whole interval even when
     /// a reconnect starts one early.
     async fn tick(&mut self, ctx: &Context<Control>) {
         self.next_tick = Some(ctx.send_after(ctx.config.ping_interval(), ControlMsg::Tick));
@@ -255,7 +256,10 @@ impl ControlState {
                     tracing::warn!(left_out, "the registry has more entries than are tracked");
                 }
                 self.role = Role::Watching;
-                tracing::info!(services = self.liveness.len(), "watching the services on the bus");
+                tracing::info!(
+                    services = self.liveness.len(),
+                    "watching the services on the bus"
+                );
             }
             (false, Role::Watching) => {
                 tracing::info!("another instance watches the services now; standing by");
@@ -313,7 +317,11 @@ impl ControlState {
             );
             return;
         };
-        if let Err(error) = self.registry.store(std::slice::from_ref(&recorded.entry)).await {
+        if let Err(error) = self
+            .registry
+            .store(std::slice::from_ref(&recorded.entry))
+            .await
+        {
             tracing::debug!(error = %error, "registry entry not stored");
         }
         if let Some(change) = &recorded.change {
@@ -324,12 +332,18 @@ impl ControlState {
     }
 
     async fn record_goodbye(&mut self, goodbye: &Goodbye) {
-        if self.role != Role::Watching {
+        let (service, instance) = (&goodbye.service, &goodbye.instance);
+        if self.role == Role::Standby {
+            let marked = self
+                .registry
+                .mark_stopped(service, instance, now_rfc3339())
+                .await;
+            if let Err(error) = marked {
+                tracing::debug!(error = %error, "goodbye not recorded");
+            }
             return;
         }
-        let stored = self
-            .liveness
-            .record_goodbye(&goodbye.service, &goodbye.instance, Utc::now());
+        let stored = self.liveness.record_goodbye(service, instance, Utc::now());
         if let Some(entry) = stored {
             tracing::info!(service = %liveness::field(&entry.service, &entry.instance), "service said goodbye");
             if let Err(error) = self.registry.store(&[entry]).await {
@@ -348,7 +362,10 @@ impl ControlState {
         if changes.is_empty() {
             return;
         }
-        let entries: Vec<_> = changes.iter().map(|change| change.entry().clone()).collect();
+        let entries: Vec<_> = changes
+            .iter()
+            .map(|change| change.entry().clone())
+            .collect();
         if let Err(error) = self.registry.store(&entries).await {
             tracing::warn!(error = %error, "registry entries not stored");
         }
@@ -372,8 +389,9 @@ impl ControlState {
         }
     }
 
-    /// A graceful stop of the watching instance: marks its own services stopped (their
-    /// goodbyes arrive while this service is stopping too) and releases the lease.
+    /// Hands the watch over on a graceful stop: marks this instance's services stopped,
+    /// because their goodbyes arrive while this service is stopping too, and releases the
+    /// lease.
     async fn hand_over(&mut self, ctx: &Context<Control>) {
         let stopped = self.liveness.stop_instance(ctx.instance(), Utc::now());
         if let Err(error) = self.registry.store(&stopped).await {

@@ -3,7 +3,7 @@
 //! state changes (notifications and events on `P:events:control`).
 //!
 //! Several instances may run a control service on one Redis. Only the one holding the lease
-//! pings, keeps the registry and announces changes, so nothing is announced twice; the others
+//! pings, keeps the registry and announces changes, so nothing is announced twice. The others
 //! stand by and take over when the lease expires. The lease holds the instance name, so a
 //! control service that restarts within the lease's lifetime takes its own lease back.
 
@@ -12,11 +12,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::liveness::{self, Change};
-use crate::bus::wire::RegistryEntry;
+use crate::bus::wire::{RegistryEntry, ServiceState};
 use crate::bus::{Bus, BusError, Level, Notification};
 use crate::cli::format_uptime;
 
-/// Who the notifications and events come from.
+/// Source of the notifications and events.
 const SOURCE: &str = super::NAME;
 
 /// `{"type":"service.down",…}` and its siblings on `P:events:control`.
@@ -120,6 +120,34 @@ impl Registry {
             .await
     }
 
+    /// Marks an `up` entry stopped directly in Redis, for a standby that receives a goodbye,
+    /// because a watcher that is being replaced does not record it. The watcher never undoes
+    /// this, because it writes `up` only for a pong, and a service sends none after its
+    /// goodbye. Returns whether the entry changed.
+    pub async fn mark_stopped(
+        &self,
+        service: &str,
+        instance: &str,
+        since: String,
+    ) -> Result<bool, BusError> {
+        let backend = self.bus.backend()?;
+        let key = self.bus.names().services();
+        let field = liveness::field(service, instance);
+        let Some(value) = backend.hash_get(&key, &field).await? else {
+            return Ok(false);
+        };
+        let Ok(mut entry) = serde_json::from_str::<RegistryEntry>(&value) else {
+            return Ok(false);
+        };
+        if entry.state != ServiceState::Up {
+            return Ok(false);
+        }
+        entry.state = ServiceState::Stopped;
+        entry.since = since;
+        self.store(&[entry]).await?;
+        Ok(true)
+    }
+
     /// Deletes entries in one command.
     pub async fn remove(&self, entries: &[RegistryEntry]) -> Result<(), BusError> {
         if entries.is_empty() {
@@ -218,7 +246,7 @@ impl Registry {
     }
 }
 
-/// The time between two RFC 3339 timestamps as `12m05s`, or `an unknown time`.
+/// Formats the time between two RFC 3339 timestamps as `12m05s`, or `an unknown time`.
 fn downtime(from: &str, to: &str) -> String {
     let parse = |text: &str| chrono::DateTime::parse_from_rfc3339(text).ok();
     match (parse(from), parse(to)) {
@@ -244,7 +272,10 @@ mod tests {
 
     #[test]
     fn downtime_unknown_for_bad_times() {
-        assert_eq!(downtime("soon", "2026-12-04T17:12:05.000Z"), "an unknown time");
+        assert_eq!(
+            downtime("soon", "2026-12-04T17:12:05.000Z"),
+            "an unknown time"
+        );
     }
 
     #[test]
