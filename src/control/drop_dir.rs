@@ -35,9 +35,9 @@ use super::drop_file::{
 use crate::bus::{Bus, Stub};
 use crate::config::Config;
 
-/// How long the debouncer keeps events before passing them on: long enough to pair the two
-/// halves of a rename and to merge a burst of writes, short enough that a dropped file goes
-/// out within a fraction of a second.
+/// How long the debouncer keeps events before passing them on. It is long enough to pair the
+/// two halves of a rename and to merge a burst of writes, and short enough that a dropped
+/// file goes out within a fraction of a second.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 /// A file that a scan finds modified more recently than this is looked at again later rather
 /// than published: it may still be open for writing, and its close event will come.

@@ -214,8 +214,8 @@ impl ControlState {
     }
 
     /// Runs one ping round: settles the lease, ends the previous round, removes expired
-    /// entries and pings. Schedules the next tick first, so that rounds last a whole interval even when
-    /// a reconnect starts one early.
+    /// entries and pings. Schedules the next tick first, so that rounds last a whole interval
+    /// even when a reconnect starts one early.
     async fn tick(&mut self, ctx: &Context<Control>) {
         self.next_tick = Some(ctx.send_after(ctx.config.ping_interval(), ControlMsg::Tick));
         if !self.connected || !self.settle_role(ctx).await {
@@ -228,8 +228,8 @@ impl ControlState {
         self.ping(ctx).await;
     }
 
-    /// Takes or renews the lease and loads the registry when starting to watch. Returns
-    /// whether this instance watches.
+    /// Takes or renews the lease, and starts or stops watching accordingly. Returns whether
+    /// this instance watches. The watching instance announces a bus outage that just ended.
     async fn settle_role(&mut self, ctx: &Context<Control>) -> bool {
         let holds = match self.registry.hold_lease().await {
             Ok(holds) => holds,
@@ -240,35 +240,22 @@ impl ControlState {
             }
         };
         let ended_outage = self.ended_outage.take();
-        match (holds, self.role) {
-            (true, Role::Watching) => {}
-            (true, Role::Standby) => {
-                let entries = match self.registry.load().await {
-                    Ok(entries) => entries,
-                    Err(error) => {
-                        tracing::warn!(error = %error, "cannot read the service registry; retrying at the next ping");
-                        self.ended_outage = ended_outage;
-                        return false;
-                    }
-                };
-                let left_out = self.liveness.load(entries);
-                if left_out > 0 {
-                    tracing::warn!(left_out, "the registry has more entries than are tracked");
-                }
-                self.role = Role::Watching;
-                tracing::info!(
-                    services = self.liveness.len(),
-                    "watching the services on the bus"
-                );
-            }
+        let watching = match (holds, self.role) {
+            (true, Role::Watching) => true,
+            (true, Role::Standby) => self.start_watching().await,
             (false, Role::Watching) => {
                 tracing::info!("another instance watches the services now; standing by");
                 self.role = Role::Standby;
                 self.liveness.clear();
+                false
             }
-            (false, Role::Standby) => {}
-        }
-        if self.role == Role::Standby {
+            (false, Role::Standby) => false,
+        };
+        if !watching {
+            if holds {
+                // The registry could not be read: the next attempt may still announce it.
+                self.ended_outage = ended_outage;
+            }
             return false;
         }
         if let Some((outage, duration)) = ended_outage
@@ -278,6 +265,28 @@ impl ControlState {
                 .announce_bus_outage(&outage.started_at, duration)
                 .await;
         }
+        true
+    }
+
+    /// Loads the registry and starts watching. Returns false when the registry cannot be
+    /// read, to try again at the next ping.
+    async fn start_watching(&mut self) -> bool {
+        let entries = match self.registry.load().await {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot read the service registry; retrying at the next ping");
+                return false;
+            }
+        };
+        let left_out = self.liveness.load(entries);
+        if left_out > 0 {
+            tracing::warn!(left_out, "the registry has more entries than are tracked");
+        }
+        self.role = Role::Watching;
+        tracing::info!(
+            services = self.liveness.len(),
+            "watching the services on the bus"
+        );
         true
     }
 
@@ -322,11 +331,15 @@ impl ControlState {
             .store(std::slice::from_ref(&recorded.entry))
             .await
         {
-            tracing::debug!(error = %error, "registry entry not stored");
+            tracing::debug!(
+                service = %liveness::field(&pong.service, &pong.instance),
+                error = %error,
+                "registry entry not stored"
+            );
         }
         if let Some(change) = &recorded.change {
             self.registry
-                .announce(change, self.liveness_threshold())
+                .announce(change, self.liveness.missed_pings_for_down())
                 .await;
         }
     }
@@ -339,21 +352,22 @@ impl ControlState {
                 .mark_stopped(service, instance, now_rfc3339())
                 .await;
             if let Err(error) = marked {
-                tracing::debug!(error = %error, "goodbye not recorded");
+                tracing::debug!(
+                    service = %liveness::field(service, instance),
+                    error = %error,
+                    "goodbye not recorded"
+                );
             }
             return;
         }
         let stored = self.liveness.record_goodbye(service, instance, Utc::now());
         if let Some(entry) = stored {
-            tracing::info!(service = %liveness::field(&entry.service, &entry.instance), "service said goodbye");
+            let field = liveness::field(service, instance);
+            tracing::info!(service = %field, "service said goodbye");
             if let Err(error) = self.registry.store(&[entry]).await {
-                tracing::debug!(error = %error, "registry entry not stored");
+                tracing::debug!(service = %field, error = %error, "registry entry not stored");
             }
         }
-    }
-
-    fn liveness_threshold(&self) -> u32 {
-        self.liveness.missed_pings_for_down()
     }
 
     /// Stores the entries of `changes`, then announces them. A change whose entry could not
@@ -367,11 +381,11 @@ impl ControlState {
             .map(|change| change.entry().clone())
             .collect();
         if let Err(error) = self.registry.store(&entries).await {
-            tracing::warn!(error = %error, "registry entries not stored");
+            tracing::warn!(changes = entries.len(), error = %error, "registry entries not stored");
         }
         for change in changes {
             self.registry
-                .announce(change, self.liveness_threshold())
+                .announce(change, self.liveness.missed_pings_for_down())
                 .await;
         }
     }
@@ -382,7 +396,7 @@ impl ControlState {
             return;
         }
         if let Err(error) = self.registry.remove(&forgotten).await {
-            tracing::warn!(error = %error, "forgotten registry entries not removed");
+            tracing::warn!(entries = forgotten.len(), error = %error, "forgotten registry entries not removed");
         }
         for entry in &forgotten {
             self.registry.announce_forgotten(entry).await;
@@ -395,7 +409,7 @@ impl ControlState {
     async fn hand_over(&mut self, ctx: &Context<Control>) {
         let stopped = self.liveness.stop_instance(ctx.instance(), Utc::now());
         if let Err(error) = self.registry.store(&stopped).await {
-            tracing::debug!(error = %error, "stopped services not stored");
+            tracing::debug!(entries = stopped.len(), error = %error, "stopped services not stored");
         }
         if let Err(error) = self.registry.release_lease().await {
             tracing::debug!(error = %error, "control lease not released");
