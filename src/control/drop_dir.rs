@@ -41,6 +41,8 @@ use crate::config::Config;
 const DEBOUNCE: Duration = Duration::from_millis(200);
 /// A file that a scan finds modified more recently than this is looked at again later rather
 /// than published: it may still be open for writing, and its close event will come.
+/// NOTE: a scan (at start, after an overflow) cannot tell a finished file from one whose
+/// writer paused longer than this with the file open; such a file is published as it is.
 const SCAN_SETTLE: Duration = Duration::from_secs(2);
 /// First and maximum delay between retries of files that waited for the bus. A reconnect
 /// retries at once; the timer covers publishes that failed while the bus looked connected.
