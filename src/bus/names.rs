@@ -117,6 +117,11 @@ impl Names {
         self.join("control:replies")
     }
 
+    /// `P:control:lease`: which instance's control service watches the registry.
+    pub fn control_lease(&self) -> String {
+        self.join("control:lease")
+    }
+
     /// `P:notify`: notifications published by scripts.
     pub fn notify(&self) -> String {
         self.join("notify")

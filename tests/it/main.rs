@@ -2,7 +2,9 @@
 //! own redis-server and uses its own bus prefix and instance name.
 
 mod builder;
+mod control;
 mod core;
 mod discord;
+mod drop_folder;
 mod support;
 mod torrent;

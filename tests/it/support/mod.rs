@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod control;
 pub mod fake_api;
 pub mod fake_discord;
 pub mod fake_github;
@@ -298,6 +299,11 @@ impl Subscription {
             messages,
             _task: tokio_util::task::AbortOnDropHandle::new(task),
         }
+    }
+
+    /// Channels and payloads received so far.
+    pub fn messages(&self) -> Vec<(String, String)> {
+        self.messages.lock().unwrap().clone()
     }
 
     /// Payloads received so far.

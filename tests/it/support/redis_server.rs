@@ -56,6 +56,19 @@ impl RedisServer {
 
     /// Starts (or restarts) the server on the same socket and waits until it answers.
     pub fn launch(&mut self) {
+        self.launch_with(&[], &self.url());
+    }
+
+    /// Restarts the server requiring `password`, so that a test can connect before a daemon
+    /// without the password does; `CONFIG SET requirepass ""` lets the daemon in afterwards.
+    pub fn launch_with_password(&mut self, password: &str) {
+        self.launch_with(
+            &["--requirepass", password],
+            &self.url_with_password(password),
+        );
+    }
+
+    fn launch_with(&mut self, args: &[&str], url: &str) {
         assert!(self.child.is_none(), "redis-server is already running");
         let child = Command::new(redis_server_binary())
             .arg("--port")
@@ -67,6 +80,7 @@ impl RedisServer {
             .arg("--dir")
             .arg(self.dir.path())
             .args(&self.extra_args)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -74,7 +88,7 @@ impl RedisServer {
             .expect("start redis-server: install the redis-server package");
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
-        while !self.answers_ping() {
+        while !answers_ping(url) {
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not start within {START_TIMEOUT:?}"
@@ -83,20 +97,14 @@ impl RedisServer {
         }
     }
 
-    fn answers_ping(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url()) else {
-            return false;
-        };
-        let Ok(mut connection) = client.get_connection_with_timeout(Duration::from_millis(200))
-        else {
-            return false;
-        };
-        redis::cmd("PING").query::<String>(&mut connection).is_ok()
-    }
-
     /// `redis+unix:///…/redis.sock`.
     pub fn url(&self) -> String {
         format!("redis+unix://{}", self.socket.display())
+    }
+
+    /// Returns the URL with a password, for a server started by [`RedisServer::launch_with_password`].
+    pub fn url_with_password(&self, password: &str) -> String {
+        format!("{}?pass={password}", self.url())
     }
 
     pub fn socket(&self) -> &Path {
@@ -134,6 +142,16 @@ impl RedisServer {
         }
         let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+fn answers_ping(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let Ok(mut connection) = client.get_connection_with_timeout(Duration::from_millis(200)) else {
+        return false;
+    };
+    redis::cmd("PING").query::<String>(&mut connection).is_ok()
 }
 
 impl Drop for RedisServer {
