@@ -11,11 +11,30 @@ use crate::config::LogFormat;
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// Libraries that log a warning on every retry of something the services already report
+/// once, muted unless the filter names them: serenity logs each failed gateway connection
+/// attempt, every few seconds while Discord is unreachable.
+const QUIET_BY_DEFAULT: &[&str] = &["serenity"];
+
+/// The filter directives: `RUST_LOG` when set, else `level`, plus an `error` directive for each
+/// target of [`QUIET_BY_DEFAULT`] that the filter does not name.
+pub fn filter_directives(rust_log: Option<&str>, level: &str) -> String {
+    let mut directives = rust_log.unwrap_or(level).to_string();
+    for target in QUIET_BY_DEFAULT {
+        if !directives.contains(target) {
+            directives.push_str(&format!(",{target}=error"));
+        }
+    }
+    directives
+}
+
 /// Sets up logging to standard error. `RUST_LOG`, when set, takes precedence over `level`.
 pub fn init_logging(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let rust_log = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|value| !value.is_empty());
+    let filter = EnvFilter::try_new(filter_directives(rust_log.as_deref(), level))
+        .unwrap_or_else(|_| EnvFilter::new(filter_directives(None, "info")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -79,4 +98,18 @@ pub fn render_metrics() -> Option<String> {
 /// graph through different crates, and rustls refuses to pick one by itself.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serenity_muted_unless_named() {
+        assert_eq!(filter_directives(None, "info"), "info,serenity=error");
+        assert_eq!(
+            filter_directives(Some("debug,serenity=info"), "info"),
+            "debug,serenity=info"
+        );
+    }
 }
