@@ -425,6 +425,7 @@ struct RawConfig {
     redis: RawRedisConfig,
     supervisor: SupervisorConfig,
     control: Option<crate::control::config::RawControlConfig>,
+    api: Option<crate::api::config::RawApiConfig>,
 }
 
 /// The validated configuration the daemon runs with.
@@ -439,6 +440,8 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub control: Option<crate::control::config::ControlConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<crate::api::config::ApiConfig>,
 }
 
 impl Config {
@@ -510,6 +513,7 @@ impl Config {
         raw.supervisor.validate(problems);
         let redis = RedisConfig::validate(raw.redis, problems, ctx);
         let control = raw.control.map(|section| section.validate(problems, ctx));
+        let api = raw.api.map(|section| section.validate(problems, ctx));
         Config {
             path: None,
             log: raw.log,
@@ -517,6 +521,7 @@ impl Config {
             redis,
             supervisor: raw.supervisor,
             control,
+            api,
         }
     }
 
@@ -525,6 +530,9 @@ impl Config {
         let mut names = Vec::new();
         if self.control.is_some() {
             names.push(crate::control::NAME);
+        }
+        if self.api.is_some() {
+            names.push(crate::api::NAME);
         }
         names
     }

@@ -6,12 +6,14 @@
 //! root@I (rest-for-one)                    src/supervisor.rs
 //!  ├── gateway@I                           src/bus/gateway.rs: backend, subscription routing
 //!  └── services@I (one-for-one, capped)
-//!       └── control@I …                    src/control/, one folder per service
+//!       ├── control@I                      src/control/, one folder per service
+//!       └── api@I …                        src/api/: the HTTP API
 //! ```
 //!
 //! `I` is `bus.instance`, so several daemons can share a process (tests do) or a Redis.
 //! [`run`] starts the tree and stops it when the shutdown future completes.
 
+pub mod api;
 pub mod bus;
 pub mod cli;
 pub mod config;
@@ -61,6 +63,13 @@ fn service_specs(config: &Arc<Config>, bus: &Bus) -> Vec<ChildSpec> {
     if let Some(control) = &config.control {
         specs.push(supervisor::service_spec::<control::Control>(
             control.clone(),
+            config,
+            bus,
+        ));
+    }
+    if let Some(api) = &config.api {
+        specs.push(supervisor::service_spec::<api::Api>(
+            api.clone(),
             config,
             bus,
         ));
