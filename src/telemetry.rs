@@ -64,16 +64,18 @@ pub fn install_panic_hook() {
 
 /// Installs the Prometheus recorder behind the `metrics` facade, once per process.
 pub fn install_metrics_recorder() {
-    // Without buckets the exporter renders histograms as summaries, which cannot be
-    // aggregated across instances.
-    let builder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
-        .expect("the latency bucket list is not empty");
-    PROMETHEUS.get_or_init(|| match builder.install_recorder() {
-        Ok(handle) => Some(handle),
-        Err(error) => {
-            tracing::warn!(error = %error, "metrics recorder not installed");
-            None
+    PROMETHEUS.get_or_init(|| {
+        // Without buckets the exporter renders histograms as summaries, which cannot be
+        // aggregated across instances.
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+            .expect("the latency bucket list is not empty");
+        match builder.install_recorder() {
+            Ok(handle) => Some(handle),
+            Err(error) => {
+                tracing::warn!(error = %error, "metrics recorder not installed");
+                None
+            }
         }
     });
 }

@@ -8,10 +8,8 @@
 //!   method); [`handlers`]: the routes themselves; [`routes`]: path to route.
 //! - [`auth`] tokens, [`ratelimit`] token buckets and failed-login blocks, [`webhook`]
 //!   HMAC signatures, [`body`] capped body reading, [`rproxy`] request/reply through Redis,
-//!   [`metrics`] what the API counts, [`error`] how failures become responses.
-//!
-//! The actor subscribes `P:rproxy:<instance>` and hands each reply to the request waiting
-//! for it.
+//!   [`replies`] the actor that routes rproxy replies, [`metrics`] what the API counts,
+//!   [`error`] how failures become responses.
 
 pub mod app;
 pub mod auth;
@@ -21,6 +19,7 @@ pub mod error;
 pub mod handlers;
 pub mod metrics;
 pub mod ratelimit;
+pub mod replies;
 pub mod routes;
 pub mod rproxy;
 pub mod server;
@@ -32,10 +31,9 @@ use std::time::Duration;
 
 use ractor::{ActorRef, RpcReplyPort};
 
-use crate::bus::{BusMessage, Topic};
 use crate::service::{Context, Service, ServiceError, ServiceMessage};
 use app::App;
-use rproxy::HttpReply;
+use replies::RepliesHandle;
 use server::Server;
 
 pub use config::ApiConfig;
@@ -48,8 +46,10 @@ const LOCAL_ADDR_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Api;
 
 pub struct ApiState {
-    app: Arc<App>,
     server: Server,
+    /// Declared after the server, so it is dropped after it: draining requests still get
+    /// their replies.
+    _replies: RepliesHandle,
 }
 
 pub enum ApiMsg {
@@ -63,20 +63,21 @@ impl Service for Api {
     type State = ApiState;
     type Msg = ApiMsg;
 
-    fn topics(ctx: &Context<Self>) -> Vec<Topic> {
-        vec![Topic::Channel(ctx.names().rproxy(ctx.instance()))]
-    }
-
     async fn start(ctx: &Context<Self>) -> Result<ApiState, ServiceError> {
         let app = Arc::new(App::new(Arc::clone(&ctx.config), ctx.bus.clone()));
-        let server = Server::start(ctx.config.listen, Arc::clone(&app)).await?;
+        // Subscribed before the first request can wait for a reply.
+        let replies = RepliesHandle::start(ctx.bus.clone(), Arc::clone(&app.pending)).await?;
+        let server = Server::start(ctx.config.listen, app).await?;
         if ctx.config.tokens.is_empty() && ctx.config.webhooks.is_empty() {
             tracing::warn!(
                 "no api.tokens and no api.webhooks: every route but /healthz and /readyz \
                  answers 401"
             );
         }
-        Ok(ApiState { app, server })
+        Ok(ApiState {
+            server,
+            _replies: replies,
+        })
     }
 
     async fn handle(
@@ -87,30 +88,6 @@ impl Service for Api {
         match message {
             ApiMsg::LocalAddr(reply) => {
                 let _ = reply.send(state.server.local_addr());
-            }
-        }
-        Ok(())
-    }
-
-    async fn on_message(
-        _ctx: &Context<Self>,
-        state: &mut ApiState,
-        message: BusMessage,
-    ) -> Result<(), ServiceError> {
-        match HttpReply::decode(&message.payload) {
-            Ok(reply) => {
-                let id = reply.id.clone();
-                if !state.app.pending.complete(reply) {
-                    ::metrics::counter!("almagest_api_rproxy_replies_unmatched_total").increment(1);
-                    tracing::debug!(
-                        id,
-                        "rproxy reply for no waiting request (late or wait=false)"
-                    );
-                }
-            }
-            Err(error) => {
-                ::metrics::counter!("almagest_api_rproxy_replies_invalid_total").increment(1);
-                tracing::debug!(error = %error, "ignored an invalid rproxy reply");
             }
         }
         Ok(())

@@ -31,6 +31,11 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after an accept error such as "too many open files", so the loop does not spin
 /// while the process is out of descriptors.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(500);
+/// Attempts and pause for a bind that finds the address in use. A restarted API races its
+/// predecessor, whose listener closes only when the runtime drops the aborted accept task;
+/// that takes milliseconds, and ten tries over a second cover it.
+const BIND_ATTEMPTS: u32 = 10;
+const BIND_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Failure to start the server.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +56,7 @@ pub struct Server {
 impl Server {
     /// Binds `address` and starts serving `app`.
     pub async fn start(address: SocketAddr, app: Arc<App>) -> Result<Server, BindError> {
-        let listener = TcpListener::bind(address)
+        let listener = bind(address)
             .await
             .map_err(|source| BindError { address, source })?;
         let local_addr = listener
@@ -93,6 +98,22 @@ impl Server {
                 task.abort();
                 false
             }
+        }
+    }
+}
+
+/// Binds `address`, retrying for a moment while it is in use.
+async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let mut attempt = 1;
+    loop {
+        match TcpListener::bind(address).await {
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse && attempt < BIND_ATTEMPTS =>
+            {
+                attempt += 1;
+                tokio::time::sleep(BIND_RETRY_PAUSE).await;
+            }
+            other => return other,
         }
     }
 }
