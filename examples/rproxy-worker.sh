@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# An rproxy worker: answers the HTTP requests that the Almagest API publishes for one stub.
+# An rproxy worker: replies to the HTTP requests that the Almagest API publishes for one stub.
 # Copy it and change handle() to do real work; this one echoes the request body back.
 #
 #   examples/rproxy-worker.sh wiki

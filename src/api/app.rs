@@ -1,4 +1,4 @@
-//! The request path shared by every route: find the route, refuse blocked clients,
+//! The request path shared by every route: find the route, reject blocked clients,
 //! authenticate, apply the token's rate limit and check the method, then hand over to the
 //! route's handler and record the outcome.
 
@@ -21,7 +21,7 @@ use super::ratelimit::{AuthFailures, Recorded, TokenLimits};
 use super::routes::Route;
 use super::rproxy::Pending;
 use super::webhook::WebhookKeys;
-use crate::bus::Bus;
+use crate::bus::{Bus, BusError};
 
 /// One HTTP request as the handlers see it.
 pub struct Request {
@@ -88,7 +88,16 @@ impl App {
         let response = self.dispatch(route, request).await.unwrap_or_else(|error| {
             if let ApiError::Bus(bus_error) = &error {
                 super::metrics::record_bus_error(bus_error);
-                tracing::warn!(route = label, error = %bus_error, "bus operation failed");
+                // The gateway logs an outage once, so a failure per request during it goes to
+                // the debug log and the counter only.
+                if matches!(
+                    bus_error,
+                    BusError::Unavailable(_) | BusError::Timeout { .. }
+                ) {
+                    tracing::debug!(route = label, error = %bus_error, "bus unavailable");
+                } else {
+                    tracing::warn!(route = label, error = %bus_error, "bus operation failed");
+                }
             }
             error.into_response()
         });

@@ -19,7 +19,7 @@ const BUS_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// A request that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// No such path; the response says nothing else.
+    /// No such path. The response reveals nothing else.
     #[error("not found")]
     NotFound,
     #[error("{0}")]
@@ -102,12 +102,17 @@ impl ApiError {
         }
     }
 
-    /// The message shown to the client. A bus failure is described without the Redis
-    /// error text, which may name internal addresses.
+    /// Returns the message shown to the client. A bus failure is described without the
+    /// Redis error text, which may name internal addresses.
     fn public_message(&self) -> String {
         match self {
-            ApiError::Bus(BusError::Unavailable(_) | BusError::Timeout { .. }) => {
+            ApiError::Bus(BusError::Unavailable(_)) => {
                 "the message bus is unavailable; nothing was published: retry later".to_string()
+            }
+            ApiError::Bus(BusError::Timeout { .. }) => {
+                "the message bus did not respond in time; the message may not have been \
+                 published: retry later"
+                    .to_string()
             }
             ApiError::Bus(BusError::NotAvailable { operation, backend }) => {
                 format!("{operation} is not available on the {backend} backend")
@@ -166,7 +171,7 @@ fn retry_after_value(wait: Duration) -> HeaderValue {
     HeaderValue::from(secs.max(1))
 }
 
-/// The 404 of every unknown path: a fixed text that says nothing about the server.
+/// Builds the 404 of every unknown path: a fixed text that reveals nothing about the server.
 pub fn plain_not_found() -> Response {
     let mut response = Response::new(Bytes::from_static(b"not found\n").into());
     *response.status_mut() = StatusCode::NOT_FOUND;
@@ -177,7 +182,7 @@ pub fn plain_not_found() -> Response {
     response
 }
 
-/// A JSON response with `status`.
+/// Builds a JSON response with `status`.
 pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
     let body = serde_json::to_vec(value).unwrap_or_else(|error| {
         format!(r#"{{"error":"cannot encode the response: {error}"}}"#).into_bytes()

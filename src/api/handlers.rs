@@ -303,7 +303,7 @@ impl App {
     }
 }
 
-/// How a publish request ended, for the stub's counters.
+/// Classifies the result of a publish request for the stub's counters.
 fn message_outcome(result: &Result<Response, ApiError>) -> Outcome {
     match result {
         Ok(_) => Outcome::Published,
@@ -314,7 +314,7 @@ fn message_outcome(result: &Result<Response, ApiError>) -> Outcome {
     }
 }
 
-/// A sorted-set ranking as `[{name: member, "queries": count}]`.
+/// Turns a sorted-set ranking into `[{name: member, "queries": count}]`.
 fn rows(name: &str, ranking: Vec<(String, f64)>) -> Vec<Value> {
     ranking
         .into_iter()

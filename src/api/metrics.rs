@@ -1,4 +1,4 @@
-//! What the API counts: Prometheus metrics per route (through the `metrics` facade, rendered
+//! Counters of the API: Prometheus metrics per route (through the `metrics` facade, rendered
 //! at `GET /metrics`) and per-stub counters for `GET /api/redis/metrics/<stub>`.
 
 use std::collections::HashMap;
@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::bus::BusError;
 use crate::bus::wire::now_rfc3339;
 
-/// Most stubs with counters at once. Tokens with `*` may name any stub, so the table is
+/// Maximum number of stubs with counters at once. Tokens with `*` may name any stub, so the table is
 /// capped; past the cap the stub used least recently is forgotten.
 const MAX_STUBS: usize = 1_024;
 
@@ -58,13 +58,13 @@ pub struct MessageCounts {
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct RproxyCounts {
     pub total: u64,
-    /// Refused because nobody listened or the bus was down.
+    /// Rejected because no client listened or the bus was down.
     pub status_503: u64,
     /// No reply in time.
     pub status_504: u64,
 }
 
-/// How a request for a stub ended, for its counters.
+/// Outcome of a request for a stub, for its counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Published,
@@ -132,7 +132,7 @@ impl StubStats {
         });
     }
 
-    /// The counters of `stub`, zero when it was never used (or was forgotten).
+    /// Returns the counters of `stub`, zero when it was never used or was forgotten.
     pub fn get(&self, stub: &str) -> StubCounters {
         self.slots
             .lock()

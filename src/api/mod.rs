@@ -40,7 +40,7 @@ pub use config::ApiConfig;
 
 /// Service name.
 pub const NAME: &str = "api";
-/// How long [`local_addr`] waits for the actor's answer; it answers from memory.
+/// How long [`local_addr`] waits for the actor's reply, which comes from memory.
 const LOCAL_ADDR_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Api;
@@ -71,7 +71,7 @@ impl Service for Api {
         if ctx.config.tokens.is_empty() && ctx.config.webhooks.is_empty() {
             tracing::warn!(
                 "no api.tokens and no api.webhooks: every route but /healthz and /readyz \
-                 answers 401"
+                 returns 401"
             );
         }
         Ok(ApiState {
@@ -107,14 +107,14 @@ impl Service for Api {
     }
 }
 
-/// How long shutdown waits for in-flight requests at most: half the daemon's shutdown
+/// Returns how long shutdown waits for in-flight requests: half the daemon's shutdown
 /// deadline and no more than 5 s, leaving the rest for the other services and goodbyes.
 pub fn drain_deadline(shutdown_timeout: Duration) -> Duration {
     (shutdown_timeout / 2).min(Duration::from_secs(5))
 }
 
-/// The address the API of `instance` in this process listens on, or `None` when it does
-/// not run here.
+/// Returns the address the API of `instance` in this process listens on, or `None` when it
+/// does not run here.
 pub async fn local_addr(instance: &str) -> Option<SocketAddr> {
     let name = format!("{NAME}@{instance}");
     let actor = ActorRef::<ServiceMessage<ApiMsg>>::where_is(name)?;

@@ -12,9 +12,9 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use super::config::{ApiConfig, RateLimit};
 
-/// Most client addresses tracked for failed authentication at once. An entry is a few dozen
-/// bytes, so the table stays under a megabyte; past the cap, expired entries are dropped first
-/// and then the oldest one.
+/// Maximum number of client addresses tracked for failed authentication at once. An entry is
+/// a few dozen bytes, so the table stays under a megabyte. Past the cap, expired entries are
+/// dropped first, then the oldest one.
 const MAX_TRACKED_ADDRESSES: usize = 8_192;
 
 /// One token bucket per API token, in config order; `None` for unlimited tokens.
@@ -53,7 +53,7 @@ fn limiter(limit: RateLimit) -> DefaultDirectRateLimiter {
     RateLimiter::direct(Quota::per_minute(per_minute).allow_burst(burst))
 }
 
-/// What [`AuthFailures::record`] did, so the caller can log each change once.
+/// Outcome of [`AuthFailures::record`], so the caller can log each change once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
     /// The first failure of this address in its window.
@@ -80,8 +80,8 @@ impl Entry {
 }
 
 /// Failed authentications per client address. After `max_failures` within `window`, every
-/// request from that address is refused for `block`, before its token is even looked at, so
-/// guessing gets no answers. IPv6 clients are counted per /64, the block a single home or
+/// request from that address is rejected for `block`, before its token is even looked at, so
+/// guessing gets no responses. IPv6 clients are counted per /64, the block a single home or
 /// host usually gets.
 pub struct AuthFailures {
     entries: Mutex<HashMap<IpAddr, Entry>>,
@@ -171,7 +171,7 @@ fn make_room(entries: &mut HashMap<IpAddr, Entry>, now: Instant, window: Duratio
     }
 }
 
-/// The address a client is counted under: IPv4 as is, IPv6 by its /64 network.
+/// Returns the address a client is counted under: IPv4 as is, IPv6 by its /64 network.
 pub fn address_key(address: IpAddr) -> IpAddr {
     match address.to_canonical() {
         IpAddr::V4(v4) => IpAddr::V4(v4),

@@ -1,8 +1,8 @@
 //! The routes of the API and how a request path maps to one.
 //!
 //! Health checks sit at the root; everything else sits under `api.path_prefix`. A path that
-//! matches no route, or lacks the prefix, maps to nothing, and the caller answers with the
-//! same plain 404 either way.
+//! matches no route, or lacks the prefix, maps to nothing, and the caller returns the same
+//! plain 404 either way.
 
 use percent_encoding::percent_decode_str;
 use subtle::ConstantTimeEq;
@@ -100,7 +100,7 @@ impl Route {
         }
     }
 
-    /// The methods the route answers; `None` for any method.
+    /// Returns the methods the route accepts, or `None` when it accepts any.
     pub fn methods(&self) -> Option<&'static [Method]> {
         match self {
             Route::Rproxy { .. } => None,
@@ -110,7 +110,7 @@ impl Route {
         }
     }
 
-    /// Fails with 405 when the route does not answer `method`.
+    /// Fails with 405 when the route does not accept `method`.
     pub fn check_method(&self, method: &Method) -> Result<(), ApiError> {
         match self.methods() {
             Some(allowed) if !allowed.contains(method) => Err(ApiError::MethodNotAllowed {

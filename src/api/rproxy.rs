@@ -20,8 +20,9 @@ use warp::reply::Response;
 
 use super::error::ApiError;
 
-/// Most requests waiting for a reply at once. Each holds an open client connection; more
-/// than this on a home server means workers are stuck, and refusing beats piling up.
+/// Maximum number of requests waiting for a reply at once. Each keeps a client connection
+/// open. More than this on a home server means workers are stuck, so rejecting is better
+/// than piling up.
 const MAX_PENDING: usize = 1_024;
 
 /// Headers that describe one connection rather than the request (RFC 9110, section 7.6.1),
@@ -105,13 +106,13 @@ impl HttpRequest {
     }
 }
 
-/// Whether `?wait=false` asks not to wait for the reply.
+/// Whether the query contains `wait=false`, which requests no waiting for the reply.
 pub fn wants_no_wait(query: &str) -> bool {
     url::form_urlencoded::parse(query.as_bytes())
         .any(|(name, value)| name == "wait" && value.eq_ignore_ascii_case("false"))
 }
 
-/// The query without the `wait` parameter, which is for the API and not for the worker.
+/// Removes the `wait` parameter from the query, because it is for the API, not the worker.
 fn strip_wait(query: &str) -> String {
     if !query
         .split('&')
@@ -141,7 +142,7 @@ fn is_hop_by_hop(name: &str, options: &[String]) -> bool {
     HOP_BY_HOP.contains(&name) || options.iter().any(|option| option == name)
 }
 
-/// The request headers a worker gets: all but hop-by-hop ones and `Authorization`.
+/// Returns the request headers a worker gets: all but hop-by-hop ones and `Authorization`.
 fn forwarded_headers(headers: &HeaderMap) -> BTreeMap<String, Vec<String>> {
     let options = connection_options(headers);
     let mut forwarded: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -274,8 +275,8 @@ impl Pending {
         })
     }
 
-    /// Hands a reply to the request waiting for its id; returns false when none waits (it
-    /// timed out, its client left, or it was sent with `wait=false`).
+    /// Hands a reply to the request waiting for its id. Returns false when none waits,
+    /// because it timed out, its client left, or it was sent with `wait=false`.
     pub fn complete(&self, reply: HttpReply) -> bool {
         let sender = self.table().remove(&reply.id);
         match sender {

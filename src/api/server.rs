@@ -1,6 +1,6 @@
-//! The HTTP server: a listener bound by us (so a taken port is an error, not a panic), one
-//! task per connection served by hyper with the warp filter of [`App`], and a graceful
-//! shutdown that stops accepting and lets in-flight requests finish.
+//! The HTTP server. It binds its listener itself, so a port in use is an error and not a
+//! panic. Hyper serves each connection in its own task with the warp filter of [`App`]. A
+//! graceful shutdown stops accepting and lets in-flight requests finish.
 //!
 //! Connection tasks live in a `JoinSet` owned by the accept task, which the [`Server`] owns
 //! behind a drop guard: when the API actor restarts, the old listener and every old
@@ -22,8 +22,9 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::app::{App, filter};
 
-/// Most connections served at once; further clients wait in the listen backlog. A home
-/// server sees a handful; this bounds memory and file descriptors under a flood.
+/// Maximum number of connections served at once; further clients wait in the listen
+/// backlog. A home server has a handful at a time, and the cap bounds memory and file
+/// descriptors under a flood.
 const MAX_CONNECTIONS: usize = 1_024;
 /// How long a client may take to send its request headers, so that a client sending them
 /// byte by byte cannot hold a connection.
@@ -32,8 +33,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// while the process is out of descriptors.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(500);
 /// Attempts and pause for a bind that finds the address in use. A restarted API races its
-/// predecessor, whose listener closes only when the runtime drops the aborted accept task;
-/// that takes milliseconds, and ten tries over a second cover it.
+/// predecessor, whose listener closes only when the runtime drops the aborted accept task.
+/// That takes milliseconds, so ten tries over a second cover it.
 const BIND_ATTEMPTS: u32 = 10;
 const BIND_RETRY_PAUSE: Duration = Duration::from_millis(100);
 

@@ -13,8 +13,8 @@ use crate::config::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Why a webhook request is not authenticated. The client only ever sees one message; the
-/// reason goes to the log.
+/// Reason a webhook request is not authenticated. The client only ever gets one message,
+/// and the reason goes to the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureFailure {
     /// No secret is configured for the stub.
@@ -98,8 +98,8 @@ impl WebhookKeys {
     }
 }
 
-/// The digest of `sha256=<64 hex digits>`; the `sha256=` prefix is optional, because some
-/// senders (Gitea's `X-Gitea-Signature`) send the bare hex digest.
+/// Parses `sha256=<64 hex digits>` into the digest. The `sha256=` prefix is optional,
+/// because some senders (Gitea's `X-Gitea-Signature`) send the bare hex digest.
 fn parse_signature(value: &[u8]) -> Option<[u8; 32]> {
     let text = std::str::from_utf8(value).ok()?.trim();
     let hex_digits = text.strip_prefix("sha256=").unwrap_or(text);
@@ -108,7 +108,7 @@ fn parse_signature(value: &[u8]) -> Option<[u8; 32]> {
     Some(digest)
 }
 
-/// The `sha256=<hex>` signature of `body` with `secret`, as a sender computes it.
+/// Computes the `sha256=<hex>` signature of `body` with `secret`, as a sender does.
 pub fn sign(secret: &str, body: &[u8]) -> String {
     let mut mac =
         HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");

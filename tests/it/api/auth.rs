@@ -170,7 +170,7 @@ async fn key_outside_allow_list_gets_403() {
         .await
         .unwrap();
 
-    let mut refusals = Vec::new();
+    let mut rejections = Vec::new();
     for key in [secret.clone(), format!("{}:missing", names.prefix())] {
         let response = api
             .get(&format!("/api/redis/keys/{key}"))
@@ -179,13 +179,13 @@ async fn key_outside_allow_list_gets_403() {
             .await
             .unwrap();
         assert_eq!(response.status(), 403, "{key}");
-        refusals.push(response.text().await.unwrap());
+        rejections.push(response.text().await.unwrap());
     }
     assert_eq!(
-        refusals[0], refusals[1],
+        rejections[0], rejections[1],
         "existing and missing keys look the same"
     );
-    assert!(!refusals[0].contains("hidden"));
+    assert!(!rejections[0].contains("hidden"));
 
     let response = api
         .get(&format!("/api/redis/keys/{readable}"))

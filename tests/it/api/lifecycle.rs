@@ -35,16 +35,16 @@ async fn redis_outage_gives_503_then_200() {
     assert_eq!(publish().await.unwrap().status(), 200);
 
     redis.stop();
-    wait_until(WAIT, "publish answers 503", || async {
+    wait_until(WAIT, "publish returns 503", || async {
         publish()
             .await
             .is_ok_and(|response| response.status() == 503)
     })
     .await;
-    let refused = publish().await.unwrap();
-    assert_eq!(refused.status(), 503);
-    assert_eq!(refused.headers()["retry-after"], "5");
-    let body = json_body(refused).await;
+    let rejected = publish().await.unwrap();
+    assert_eq!(rejected.status(), 503);
+    assert_eq!(rejected.headers()["retry-after"], "5");
+    let body = json_body(rejected).await;
     assert!(
         body["error"]
             .as_str()
@@ -56,7 +56,7 @@ async fn redis_outage_gives_503_then_200() {
     assert_eq!(api.get("/healthz").send().await.unwrap().status(), 200);
 
     redis.launch();
-    wait_until(WAIT, "publish answers 200 again", || async {
+    wait_until(WAIT, "publish returns 200 again", || async {
         publish()
             .await
             .is_ok_and(|response| response.status() == 200)
@@ -86,7 +86,7 @@ async fn shutdown_finishes_in_flight_requests() {
     let stopping = tokio::spawn(daemon.stop());
     // A fresh client, so that no pooled connection hides the closed listener.
     let fresh = client();
-    wait_until(WAIT, "new connections are refused", || async {
+    wait_until(WAIT, "new connections are rejected", || async {
         fresh.get(format!("{base}/healthz")).send().await.is_err()
     })
     .await;

@@ -274,7 +274,7 @@ async fn body_at_cap_accepted() {
 }
 
 /// Sends a chunked upload of 256-byte chunks, one every 50 ms, and stops as soon as the
-/// server answers. Returns the status line and how many chunks were sent by then.
+/// server responds. Returns the status line and how many chunks were sent by then.
 async fn slow_chunked_upload(api: &Api, path: &str, max_chunks: usize) -> (String, usize) {
     let address = api.base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
@@ -290,7 +290,7 @@ async fn slow_chunked_upload(api: &Api, path: &str, max_chunks: usize) -> (Strin
         if stream.write_all(chunk.as_bytes()).await.is_err() {
             break;
         }
-        // A short read window between chunks: the answer shows up while still uploading.
+        // A short read window between chunks: the response shows up while still uploading.
         if let Ok(Ok(read)) =
             tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buffer)).await
         {
@@ -325,7 +325,10 @@ async fn slow_chunked_upload_stopped_at_cap() {
     let (status, chunks_sent) = slow_chunked_upload(&api, PUBLISH_WIKI, 40).await;
 
     assert!(status.starts_with("HTTP/1.1 413"), "{status:?}");
-    // 1024 bytes are 4 chunks; the answer comes with the 5th, long before the 40th.
-    assert!(chunks_sent <= 8, "answered only after {chunks_sent} chunks");
+    // 1024 bytes are 4 chunks; the response comes with the 5th, long before the 40th.
+    assert!(
+        chunks_sent <= 8,
+        "responded only after {chunks_sent} chunks"
+    );
     assert!(subscription.payloads().is_empty());
 }

@@ -15,8 +15,8 @@ pub const ADMIN_TOKEN: &str = "admin-token-0123456789";
 /// A token limited to the stubs `wiki*` and no scope.
 pub const WIKI_TOKEN: &str = "wiki-token-0123456789";
 
-/// An `[api]` section on a free loopback port with the two tokens above; `extra` lines go
-/// into `[api]` before the tokens.
+/// Returns an `[api]` section on a free loopback port with the two tokens above. The
+/// `extra` lines go into `[api]` before the tokens.
 pub fn api_section(extra: &str) -> String {
     format!(
         "[api]\nlisten = \"127.0.0.1:0\"\n{extra}\n\
@@ -36,7 +36,7 @@ pub struct Api {
 
 impl Api {
     /// Starts a daemon on `redis` with `section` (an `[api]` section and maybe others) and
-    /// waits until `/readyz` answers 200.
+    /// waits until `/readyz` returns 200.
     pub async fn start(redis: &RedisServer, section: &str) -> Api {
         almagest::telemetry::install_crypto_provider();
         let daemon = Daemon::start(parse_config(&config_text(&redis.url(), section)));
@@ -51,7 +51,7 @@ impl Api {
             base: format!("http://{address}"),
             client: client(),
         };
-        wait_until(WAIT, "/readyz to answer 200", || async {
+        wait_until(WAIT, "/readyz to return 200", || async {
             api.get("/readyz")
                 .send()
                 .await
@@ -78,7 +78,7 @@ impl Api {
     }
 }
 
-/// An HTTP client that never uses a proxy from the environment.
+/// Builds an HTTP client that never uses a proxy from the environment.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -87,13 +87,13 @@ pub fn client() -> reqwest::Client {
         .expect("build the HTTP client")
 }
 
-/// The JSON body of a response; panics with the text when it is not JSON.
+/// Parses the JSON body of a response, and panics with the text when it is not JSON.
 pub async fn json_body(response: reqwest::Response) -> Value {
     let text = response.text().await.expect("read the body");
     serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"))
 }
 
-/// A worker that answers every `http.request` on one queue channel with an echo of its
+/// A worker that replies to every `http.request` on one queue channel with an echo of its
 /// method, path, query and body, after `delay`.
 pub struct EchoWorker {
     pub requests: Arc<AtomicU64>,
