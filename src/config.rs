@@ -454,6 +454,7 @@ struct RawConfig {
     discord: Option<crate::discord::config::RawDiscordConfig>,
     torrent: Option<crate::torrent::config::RawTorrentConfig>,
     builder: Option<crate::builder::config::RawBuilderConfig>,
+    api: Option<crate::api::config::RawApiConfig>,
 }
 
 /// The validated configuration the daemon runs with.
@@ -474,6 +475,7 @@ pub struct Config {
     pub torrent: Option<crate::torrent::config::TorrentConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub builder: Option<crate::builder::config::BuilderConfig>,
+    pub api: Option<crate::api::config::ApiConfig>,
 }
 
 impl Config {
@@ -548,6 +550,7 @@ impl Config {
         let discord = raw.discord.map(|section| section.validate(problems, ctx));
         let torrent = raw.torrent.map(|section| section.validate(problems, ctx));
         let builder = raw.builder.map(|section| section.validate(problems, ctx));
+        let api = raw.api.map(|section| section.validate(problems, ctx));
         Config {
             path: None,
             log: raw.log,
@@ -558,6 +561,7 @@ impl Config {
             discord,
             torrent,
             builder,
+            api,
         }
     }
 
@@ -575,6 +579,9 @@ impl Config {
         }
         if self.builder.is_some() {
             names.push(crate::builder::NAME);
+        }
+        if self.api.is_some() {
+            names.push(crate::api::NAME);
         }
         names
     }

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -27,6 +27,11 @@ pub fn filter_directives(rust_log: Option<&str>, level: &str) -> String {
     }
     directives
 }
+/// Bucket bounds, in seconds, of every histogram whose name ends in `_seconds`: from a
+/// sub-millisecond publish on loopback to a request/reply that waits for a slow worker.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// Sets up logging to standard error. `RUST_LOG`, when set, takes precedence over `level`.
 pub fn init_logging(level: &str, format: LogFormat) {
@@ -77,11 +82,18 @@ pub fn install_panic_hook() {
 
 /// Installs the Prometheus recorder behind the `metrics` facade, once per process.
 pub fn install_metrics_recorder() {
-    PROMETHEUS.get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-        Ok(handle) => Some(handle),
-        Err(error) => {
-            tracing::warn!(error = %error, "metrics recorder not installed");
-            None
+    PROMETHEUS.get_or_init(|| {
+        // Without buckets the exporter renders histograms as summaries, which cannot be
+        // aggregated across instances.
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+            .expect("the latency bucket list is not empty");
+        match builder.install_recorder() {
+            Ok(handle) => Some(handle),
+            Err(error) => {
+                tracing::warn!(error = %error, "metrics recorder not installed");
+                None
+            }
         }
     });
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod api;
 pub mod control;
 pub mod fake_api;
 pub mod fake_discord;
