@@ -489,10 +489,10 @@ impl Config {
         if let Err(message) = validate_instance(&bus.instance) {
             problems.push("bus.instance", message);
         }
-        if bus.backend == BackendKind::Embedded {
+        if bus.data_dir.as_os_str().is_empty() {
             problems.push(
-                "bus.backend",
-                "the embedded backend is not available in this build: use \"redis\"",
+                "bus.data_dir",
+                "must not be empty: name the embedded backend's directory, such as \"data\"",
             );
         }
         if bus.notify_max_len == 0 {

@@ -1,5 +1,6 @@
 //! Integration tests, in one binary so that the crate is linked once. Each test starts its
-//! own redis-server and uses its own bus prefix and instance name.
+//! own redis-server or embedded store and uses its own bus prefix and instance name.
 
+mod backend;
 mod core;
 mod support;
