@@ -1120,3 +1120,49 @@ async fn unavailable_fails_at_once(kind: BackendKind) {
         [BackendEvent::Disconnected, BackendEvent::Connected]
     );
 }
+
+/// Characters of the random patterns and channels: every glob metacharacter, and few
+/// letters, so that classes and ranges often match.
+const GLOB_ALPHABET: &[u8] = b"ab-*?[]^\\";
+
+/// A small deterministic generator (xorshift64), so a failure can be replayed.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn text(&mut self, max_len: u64) -> String {
+        let len = 1 + self.next() % max_len;
+        (0..len)
+            .map(|_| GLOB_ALPHABET[(self.next() % GLOB_ALPHABET.len() as u64) as usize] as char)
+            .collect()
+    }
+}
+
+/// The embedded matcher against Redis itself on random patterns: Redis decides whether a
+/// pattern subscription receives each channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn glob_agrees_with_redis() {
+    let mut h = Harness::start(BackendKind::Redis).await;
+    let mut random = XorShift(0x9e37_79b9_7f4a_7c15);
+    for round in 0..400 {
+        // The round prefix keeps the previous round's pattern, whose unsubscribe Redis may
+        // still be processing, from matching this round's channels.
+        let pattern = format!("{round}:{}", random.text(6));
+        h.subscribe(&[Topic::Pattern(pattern.clone())]).await;
+        for _ in 0..8 {
+            let channel = format!("{round}:{}", random.text(6));
+            let receivers = h.b().publish(&channel, "x").await.expect("publish");
+            assert_eq!(
+                almagest::bus::embedded::glob_matches(&pattern, &channel),
+                receivers == 1,
+                "pattern {pattern:?}, channel {channel:?}: redis delivered {receivers}"
+            );
+        }
+    }
+}

@@ -3,4 +3,5 @@
 
 mod backend;
 mod core;
+mod embedded;
 mod support;

@@ -734,11 +734,71 @@ fn reopen_delay(failures: u32) -> Duration {
     (REOPEN_FIRST_DELAY * 2u32.pow(doublings)).min(REOPEN_MAX_DELAY)
 }
 
-/// Number of live keys, for tests of expiry and sizes.
 #[cfg(test)]
-pub fn count_keys(store: &Store) -> u64 {
-    let database = store.shared.database().expect("store is open");
-    let txn = database.begin_read().expect("read transaction");
-    let keys = txn.open_table(super::tables::KEYS).expect("keys table");
-    redb::ReadableTableMetadata::len(&keys).expect("count keys")
+mod tests {
+    use super::*;
+
+    /// Number of keys in the store, expired or not.
+    fn count_keys(store: &Store) -> u64 {
+        let database = store.shared.database().expect("store is open");
+        let txn = database.begin_read().expect("read transaction");
+        let keys = txn
+            .open_table(super::super::tables::KEYS)
+            .expect("keys table");
+        redb::ReadableTableMetadata::len(&keys).expect("count keys")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn expired_keys_swept_and_space_reused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), "sweep-test").expect("open");
+        let value = "x".repeat(512);
+        let mut sizes = Vec::new();
+        for round in 0..4 {
+            let value = value.clone();
+            store
+                .write(Durability::Durable, move |tables, batch| {
+                    for index in 0..1_000 {
+                        let key = format!("round{round}:key{index}");
+                        tables.set(&key, &value, Some(50), batch.now)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .expect("write keys");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while count_keys(&store) > 0 {
+                assert!(Instant::now() < deadline, "expired keys were not swept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // The sweep's commit is deferred; the next flush makes its freed pages reusable.
+            tokio::time::sleep(FLUSH_INTERVAL * 2).await;
+            let size = std::fs::metadata(store.path()).expect("store file").len();
+            sizes.push(size);
+        }
+        let settled = sizes[1];
+        assert!(
+            sizes[2..].iter().all(|size| *size <= settled),
+            "file kept growing: {sizes:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn same_instance_shares_open_store() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let first = Store::open(dir.path(), "share-test").expect("open");
+        let second = Store::open(dir.path(), "share-test").expect("open again");
+        assert!(Arc::ptr_eq(&first, &second));
+        drop((first, second));
+        let reopened = Store::open(dir.path(), "other-instance");
+        assert!(reopened.is_ok(), "a closed store can be opened by anyone");
+    }
+
+    #[test]
+    fn reopen_delay_grows_then_caps() {
+        assert_eq!(reopen_delay(1), Duration::ZERO);
+        assert_eq!(reopen_delay(2), REOPEN_FIRST_DELAY);
+        assert_eq!(reopen_delay(3), REOPEN_FIRST_DELAY * 2);
+        assert_eq!(reopen_delay(40), REOPEN_MAX_DELAY);
+    }
 }
