@@ -258,6 +258,8 @@ pub struct BusConfig {
     pub prefix: String,
     /// This process's name in actor names, pongs and the registry; empty means the hostname.
     pub instance: String,
+    /// Directory of the embedded backend's store and admin socket, relative to the working
+    /// directory unless absolute.
     pub data_dir: PathBuf,
     /// Approximate cap (`MAXLEN ~`) of the notification stream.
     pub notify_max_len: u64,
@@ -266,7 +268,8 @@ pub struct BusConfig {
 impl Default for BusConfig {
     fn default() -> Self {
         BusConfig {
-            backend: BackendKind::Redis,
+            // Runs on a fresh machine without Redis; the container image overrides it.
+            backend: BackendKind::Embedded,
             prefix: "almagest".into(),
             instance: String::new(),
             data_dir: PathBuf::from("data"),
@@ -526,10 +529,10 @@ impl Config {
         if let Err(message) = validate_instance(&bus.instance) {
             problems.push("bus.instance", message);
         }
-        if bus.backend == BackendKind::Embedded {
+        if bus.data_dir.as_os_str().is_empty() {
             problems.push(
-                "bus.backend",
-                "the embedded backend is not available in this build: use \"redis\"",
+                "bus.data_dir",
+                "must not be empty: name the embedded backend's directory, such as \"data\"",
             );
         }
         if bus.notify_max_len == 0 {
@@ -814,7 +817,7 @@ mod tests {
     fn empty_file_gives_defaults() {
         let config = parse("").unwrap();
         assert_eq!(config.bus.prefix, "almagest");
-        assert_eq!(config.bus.backend, BackendKind::Redis);
+        assert_eq!(config.bus.backend, BackendKind::Embedded);
         assert_eq!(config.supervisor.max_restarts, 5);
         assert!(config.control.is_none());
         assert!(!config.bus.instance.is_empty());
