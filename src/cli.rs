@@ -157,8 +157,13 @@ impl Link {
     }
 }
 
+/// How long `ping` keeps listening after the last pong once every service this config enables
+/// has answered.
+const OTHER_INSTANCES_GRACE: Duration = Duration::from_millis(300);
+
 /// Pings every service on the bus and waits up to `timeout` for the pongs. Stops early once
-/// the gateway and every service this config enables have answered.
+/// the gateway and every service this config enables have answered and no other pong has
+/// arrived for [`OTHER_INSTANCES_GRACE`].
 pub async fn ping(config: &Config, timeout: Duration) -> Result<PingReport, CliError> {
     let link = Link::new(config)?;
     let names = Names::new(&config.bus.prefix);
@@ -180,14 +185,23 @@ pub async fn ping(config: &Config, timeout: Duration) -> Result<PingReport, CliE
         .collect();
     let mut rows = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
-    while !expected.is_empty() {
-        let Ok(Some(payload)) = tokio::time::timeout_at(deadline, replies.next()).await else {
+    let mut last_pong = tokio::time::Instant::now();
+    loop {
+        // Other instances on a shared Redis answer too; keep listening a little after this
+        // config's services have answered, for as long as pongs keep arriving.
+        let wait_until = if expected.is_empty() {
+            (last_pong + OTHER_INSTANCES_GRACE).min(deadline)
+        } else {
+            deadline
+        };
+        let Ok(Some(payload)) = tokio::time::timeout_at(wait_until, replies.next()).await else {
             break;
         };
         if let Ok(ControlMessage::Pong(pong)) = ControlMessage::decode(&payload) {
             if pong.id.as_deref() != Some(id.as_str()) {
                 continue;
             }
+            last_pong = tokio::time::Instant::now();
             expected.remove(&format!("{}@{}", pong.service, pong.instance));
             rows.push(PingRow {
                 pong,

@@ -214,7 +214,7 @@ async fn cli_publish_reaches_subscriber() {
 
     let (code, stdout, stderr) = daemon.run_cli(&["publish", "wiki", "reload"]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("(1 receivers)"), "{stdout}");
+    assert!(stdout.contains("(1 receiver)"), "{stdout}");
     let message = tokio::time::timeout(WAIT, subscription.next())
         .await
         .expect("message in time")
