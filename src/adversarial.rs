@@ -8,7 +8,7 @@
 //! the first key and reach the decoder's inner paths.
 
 use proptest::prelude::*;
-use serde_json::{Number, Value};
+use serde_json::{Map, Number, Value};
 
 /// Nesting levels of a generated value: enough for objects in arrays in objects several
 /// times over, and well under serde_json's parse limit of 128.
@@ -137,18 +137,76 @@ fn key(words: &'static [&'static str]) -> impl Strategy<Value = String> {
 /// Generates a JSON value nested up to [`MAX_DEPTH`] levels, whose keys and strings favour
 /// `words`.
 pub fn json_value(words: &'static [&'static str]) -> impl Strategy<Value = Value> {
+    nested_value(words, MAX_DEPTH, 256)
+}
+
+/// Generates a JSON value of at most `depth` levels and about `size` nodes.
+fn nested_value(
+    words: &'static [&'static str],
+    depth: u32,
+    size: u32,
+) -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         number().prop_map(Value::Number),
         string(words).prop_map(Value::String),
     ];
-    leaf.prop_recursive(MAX_DEPTH, 256, 8, move |inner| {
+    nest(leaf, words, depth, size)
+}
+
+/// Generates a scalar or a small array or object, without the very long strings, which
+/// would make objects with many fields slow to generate and decode.
+fn field_value(words: &'static [&'static str]) -> impl Strategy<Value = Value> {
+    let short_string = prop_oneof![
+        any::<String>(),
+        prop::sample::select(TRICKY_STRINGS).prop_map(str::to_owned),
+        prop::sample::select(words).prop_map(str::to_owned),
+        (0..RAW_NUMBERS.len()).prop_map(|index| format!("{RAW_MARKER}{index}")),
+    ];
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        number().prop_map(Value::Number),
+        short_string.prop_map(Value::String),
+    ];
+    nest(leaf, words, 2, 8)
+}
+
+fn nest(
+    leaf: impl Strategy<Value = Value> + 'static,
+    words: &'static [&'static str],
+    depth: u32,
+    size: u32,
+) -> impl Strategy<Value = Value> {
+    leaf.prop_recursive(depth, size, 8, move |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
             prop::collection::vec((key(words), inner), 0..8)
                 .prop_map(|entries| Value::Object(entries.into_iter().collect())),
         ]
+    })
+}
+
+/// Generates an object that has each of `fields` with probability 3/4, each with an
+/// adversarial value, so that a decoder expecting those fields gets past most of them. The
+/// values nest two levels at most and leave out the very long strings, which keeps objects
+/// with many fields cheap: long strings and deep nesting are covered by [`json_value`].
+pub fn object_with(
+    fields: &'static [&'static str],
+    words: &'static [&'static str],
+) -> impl Strategy<Value = Value> {
+    prop::collection::vec(
+        prop::option::weighted(0.75, field_value(words)),
+        fields.len(),
+    )
+    .prop_map(move |values| {
+        let object: Map<String, Value> = fields
+            .iter()
+            .zip(values)
+            .filter_map(|(field, value)| Some((field.to_string(), value?)))
+            .collect();
+        Value::Object(object)
     })
 }
 
