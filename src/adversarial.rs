@@ -53,7 +53,7 @@ const TRICKY_STRINGS: &[&str] = &[
 ];
 
 /// Number literals that no `serde_json::Value` can hold (out of the `f64` range, or wider
-/// than 64 bits). [`json_text`] puts them where a generated value has a [`RAW_MARKER`]
+/// than 64 bits). [`with_raw_numbers`] puts them where a generated value has a [`RAW_MARKER`]
 /// string.
 const RAW_NUMBERS: &[&str] = &[
     "1e400",
@@ -66,8 +66,8 @@ const RAW_NUMBERS: &[&str] = &[
     "-0",
 ];
 
-/// Prefix of the placeholder strings that [`json_text`] replaces by a [`RAW_NUMBERS`] entry.
-/// A private-use character, so that serde_json writes it unescaped and no real input
+/// Prefix of the placeholder strings that [`with_raw_numbers`] replaces by a [`RAW_NUMBERS`]
+/// entry. A private-use character, so that serde_json writes it unescaped and no real input
 /// contains it by chance.
 const RAW_MARKER: char = '\u{E000}';
 
