@@ -14,6 +14,8 @@
 //! `I` is `bus.instance`, so several daemons can share a process (tests do) or a Redis.
 //! [`run`] starts the tree and stops it when the shutdown future completes.
 
+#[cfg(test)]
+mod adversarial;
 pub mod api;
 pub mod builder;
 pub mod bus;

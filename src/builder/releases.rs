@@ -175,7 +175,7 @@ impl ReleasesClient {
             _ => {}
         }
         let etag = header_text(response.headers(), ETAG.as_str());
-        let mut next = next_link(response.headers());
+        let mut next = next_link(response.headers(), &first);
         let (mut releases, mut skipped, mut full) = read_page(response, &first).await?;
 
         let mut pages = 1;
@@ -188,7 +188,7 @@ impl ReleasesClient {
             if response.status() == StatusCode::NOT_FOUND {
                 break;
             }
-            next = next_link(response.headers());
+            next = next_link(response.headers(), &first);
             let (more, more_skipped, more_full) = read_page(response, &url).await?;
             releases.extend(more);
             skipped += more_skipped;
@@ -308,7 +308,7 @@ impl ReleasesClient {
         // An exhausted budget on a successful response blocks the next request until the reset.
         if header_number(response.headers(), "x-ratelimit-remaining") == Some(0) {
             self.blocked_until = header_number(response.headers(), "x-ratelimit-reset")
-                .map(|reset| clamp_wait(epoch(reset), now));
+                .map(|reset| clamp_wait(wait_for_reset(reset, now), now));
         }
         if status.is_success() || matches!(status, StatusCode::NOT_MODIFIED | StatusCode::NOT_FOUND)
         {
@@ -364,14 +364,14 @@ pub fn rate_limit_end(
     now: SystemTime,
 ) -> Option<SystemTime> {
     if let Some(seconds) = header_number(headers, RETRY_AFTER.as_str()) {
-        return Some(clamp_wait(now + Duration::from_secs(seconds), now));
+        return Some(clamp_wait(Duration::from_secs(seconds), now));
     }
     if header_number(headers, "x-ratelimit-remaining") == Some(0) {
-        let reset = header_number(headers, "x-ratelimit-reset").map(epoch);
-        return Some(clamp_wait(
-            reset.unwrap_or(now + SECONDARY_RATE_LIMIT_WAIT),
-            now,
-        ));
+        let wait = header_number(headers, "x-ratelimit-reset")
+            .map_or(SECONDARY_RATE_LIMIT_WAIT, |reset| {
+                wait_for_reset(reset, now)
+            });
+        return Some(clamp_wait(wait, now));
     }
     if status == StatusCode::TOO_MANY_REQUESTS || body.to_ascii_lowercase().contains("rate limit") {
         return Some(now + SECONDARY_RATE_LIMIT_WAIT);
@@ -379,14 +379,19 @@ pub fn rate_limit_end(
     None
 }
 
-fn epoch(seconds: u64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
+/// Returns the time from `now` to the Unix time `reset`, zero when it is past. Computed on
+/// durations, because adding a server's number to a `SystemTime` panics once it is past what
+/// the platform can represent (`u64::MAX` seconds is).
+fn wait_for_reset(reset: u64, now: SystemTime) -> Duration {
+    let since_epoch = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(reset).saturating_sub(since_epoch)
 }
 
-/// Keeps a wait between one second (a reset already past still means "not now") and
-/// [`MAX_RATE_LIMIT_WAIT`].
-fn clamp_wait(until: SystemTime, now: SystemTime) -> SystemTime {
-    let wait = until.duration_since(now).unwrap_or_default();
+/// Returns `now` plus `wait`, with the wait kept between one second (a reset already past
+/// still means "not now") and [`MAX_RATE_LIMIT_WAIT`].
+fn clamp_wait(wait: Duration, now: SystemTime) -> SystemTime {
     now + wait.clamp(Duration::from_secs(1), MAX_RATE_LIMIT_WAIT)
 }
 
@@ -399,8 +404,9 @@ fn header_number(headers: &HeaderMap, name: &str) -> Option<u64> {
 }
 
 /// Returns the `rel="next"` URL of an RFC 8288 `Link` header, which GitHub and Gitea both
-/// send.
-fn next_link(headers: &HeaderMap) -> Option<Url> {
+/// send, when it has the origin of `base`. A link to another host is ignored, because the
+/// request for it would carry the API token there.
+fn next_link(headers: &HeaderMap, base: &Url) -> Option<Url> {
     let value = headers.get(LINK)?.to_str().ok()?;
     value.split(',').find_map(|part| {
         let (target, params) = part.split_once(';')?;
@@ -409,7 +415,9 @@ fn next_link(headers: &HeaderMap) -> Option<Url> {
             .any(|param| param.trim().replace(' ', "") == "rel=\"next\"");
         let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
         if is_next {
-            Url::parse(target).ok()
+            Url::parse(target)
+                .ok()
+                .filter(|url| url.origin() == base.origin())
         } else {
             None
         }
@@ -429,16 +437,34 @@ async fn read_page(
     let body = read_capped(response, MAX_PAGE_BYTES)
         .await
         .map_err(|error| invalid(error.to_string()))?;
-    let entries: Vec<serde_json::Value> = serde_json::from_slice(&body)
-        .map_err(|error| invalid(format!("expected a JSON array of releases: {error}")))?;
-    let full = entries.len() >= PER_PAGE;
+    let page = parse_page(&body).map_err(invalid)?;
+    let full = page.releases.len() + page.skipped >= PER_PAGE;
+    Ok((page.releases, page.skipped, full))
+}
+
+/// One page of the releases list, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub releases: Vec<Release>,
+    /// Entries that were not release objects and were skipped.
+    pub skipped: usize,
+}
+
+/// Decodes the body of one page of `GET /repos/{owner}/{repo}/releases`: a JSON array whose
+/// entries are release objects. Entries that do not decode are counted and skipped, so one
+/// odd release does not hide the others. Public so that fuzz targets can reach it.
+pub fn parse_page(body: &[u8]) -> Result<Page, String> {
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(body)
+        .map_err(|error| format!("expected a JSON array of releases: {error}"))?;
     let total = entries.len();
     let releases: Vec<Release> = entries
         .into_iter()
         .filter_map(|entry| serde_json::from_value(entry).ok())
         .collect();
-    let skipped = total - releases.len();
-    Ok((releases, skipped, full))
+    Ok(Page {
+        skipped: total - releases.len(),
+        releases,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -516,7 +542,7 @@ mod tests {
             ("x-ratelimit-reset", "1120"),
         ]);
         let until = rate_limit_end(StatusCode::FORBIDDEN, &map, "", now).unwrap();
-        assert_eq!(until, epoch(1120));
+        assert_eq!(until, SystemTime::UNIX_EPOCH + Duration::from_secs(1120));
     }
 
     #[test]
@@ -554,11 +580,28 @@ mod tests {
             "link",
             r#"<https://api.example/repos/o/r/releases?page=2>; rel="next", <https://api.example/repos/o/r/releases?page=9>; rel="last""#,
         )]);
-        let next = next_link(&map).unwrap();
+        let base = Url::parse("https://api.example/repos/o/r/releases").unwrap();
+        let next = next_link(&map, &base).unwrap();
         assert_eq!(
             next.as_str(),
             "https://api.example/repos/o/r/releases?page=2"
         );
+    }
+
+    #[test]
+    fn next_link_to_other_host_ignored() {
+        let map = headers(&[(
+            "link",
+            r#"<https://elsewhere.example/steal?page=2>; rel="next""#,
+        )]);
+        let base = Url::parse("https://api.example/repos/o/r/releases").unwrap();
+        assert_eq!(next_link(&map, &base), None);
+        let other_port = Url::parse("https://api.example:8443/repos/o/r/releases").unwrap();
+        let map = headers(&[(
+            "link",
+            r#"<https://api.example/repos/o/r/releases?page=2>; rel="next""#,
+        )]);
+        assert_eq!(next_link(&map, &other_port), None);
     }
 
     #[test]
@@ -593,5 +636,193 @@ mod tests {
     fn token_header_is_sensitive() {
         let value = auth_header(&Secret::new("abc"));
         assert!(value.is_sensitive());
+    }
+
+    #[test]
+    fn retry_after_past_time_range_is_capped() {
+        // Adding u64::MAX seconds to the current time overflows a SystemTime and panics.
+        let now = SystemTime::now();
+        let map = headers(&[("retry-after", "18446744073709551615")]);
+        let until = rate_limit_end(StatusCode::TOO_MANY_REQUESTS, &map, "", now).unwrap();
+        assert_eq!(until, now + MAX_RATE_LIMIT_WAIT);
+    }
+
+    #[test]
+    fn reset_past_time_range_is_capped() {
+        // A reset of u64::MAX seconds since the epoch overflows a SystemTime and panics.
+        let now = SystemTime::now();
+        let map = headers(&[
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "18446744073709551615"),
+        ]);
+        let until = rate_limit_end(StatusCode::FORBIDDEN, &map, "", now).unwrap();
+        assert_eq!(until, now + MAX_RATE_LIMIT_WAIT);
+    }
+
+    /// Property tests: arbitrary bodies and headers never panic the decoders, every entry is
+    /// either decoded or counted, and a rate-limit wait stays within its bounds.
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        use super::*;
+        use crate::adversarial::{edge_bodies, json_text, object_with, text, with_raw_numbers};
+        use crate::builder::select::{Filter, VersionKey, select_candidate};
+
+        const RELEASE_FIELDS: &[&str] = &[
+            "tag_name",
+            "draft",
+            "prerelease",
+            "published_at",
+            "assets",
+            "name",
+        ];
+
+        const ASSET_FIELDS: &[&str] = &["name", "size", "url", "browser_download_url", "digest"];
+
+        /// Tags of every shape the version ordering reads, times, and digests.
+        const WORDS: &[&str] = &[
+            "v1.2.3",
+            "1.2",
+            "site-v2.0.0",
+            "pkg@3.1.0-rc.1",
+            "v18446744073709551616.0.0",
+            "v1.0.0-",
+            "v\u{0663}.1.0",
+            "2024-01-15",
+            "nightly",
+            "..",
+            "2024-05-01T12:00:00Z",
+            "+275760-09-13T00:00:00Z",
+            "2024-02-30T00:00:00Z",
+            "sha256:00",
+            "sha256:",
+            "https://example.invalid/a.tar.gz",
+        ];
+
+        fn release() -> impl Strategy<Value = Value> {
+            (
+                object_with(RELEASE_FIELDS, WORDS),
+                proptest::option::of(proptest::collection::vec(
+                    object_with(ASSET_FIELDS, WORDS),
+                    0..3,
+                )),
+            )
+                .prop_map(|(mut release, assets)| {
+                    if let Some(assets) = assets {
+                        release["assets"] = Value::Array(assets);
+                    }
+                    release
+                })
+        }
+
+        /// Checks a decoded page against the number of entries it came from, and that
+        /// choosing a candidate from it works.
+        fn check_page(page: &Page, entries: usize) -> Result<(), TestCaseError> {
+            prop_assert_eq!(page.releases.len() + page.skipped, entries);
+            for include_prereleases in [false, true] {
+                let filter = Filter {
+                    include_prereleases,
+                    ..Filter::default()
+                };
+                let _ = select_candidate(&page.releases, &filter);
+            }
+            for release in &page.releases {
+                let _ = VersionKey::of(release);
+            }
+            Ok(())
+        }
+
+        fn header_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<u64>().prop_map(|number| number.to_string()),
+                Just(u64::MAX.to_string()),
+                Just("0".to_owned()),
+                Just("-1".to_owned()),
+                Just(" 30 ".to_owned()),
+                text(),
+            ]
+        }
+
+        fn rate_limit_headers() -> impl Strategy<Value = HeaderMap> {
+            let name = prop_oneof![
+                Just("retry-after"),
+                Just("x-ratelimit-remaining"),
+                Just("x-ratelimit-reset"),
+                Just("link"),
+            ];
+            proptest::collection::vec((name, header_value()), 0..4).prop_map(|pairs| {
+                let mut map = HeaderMap::new();
+                for (name, value) in pairs {
+                    if let Ok(value) = HeaderValue::from_str(&value) {
+                        map.insert(name, value);
+                    }
+                }
+                map
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn any_bytes_decode_or_fail(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = parse_page(&body);
+            }
+
+            #[test]
+            fn any_json_text_decodes_or_fails(body in json_text(WORDS)) {
+                let entries = serde_json::from_str::<Value>(&body)
+                    .ok()
+                    .and_then(|value| value.as_array().map(Vec::len));
+                match (parse_page(body.as_bytes()), entries) {
+                    (Ok(page), Some(entries)) => check_page(&page, entries)?,
+                    (Err(_), None) => {}
+                    (result, entries) => prop_assert!(false, "{result:?} for {entries:?} entries"),
+                }
+            }
+
+            #[test]
+            fn shaped_releases_decode_or_are_skipped(
+                releases in proptest::collection::vec(release(), 0..6),
+            ) {
+                let body = with_raw_numbers(&Value::Array(releases.clone()));
+                match parse_page(body.as_bytes()) {
+                    Ok(page) => check_page(&page, releases.len())?,
+                    Err(error) => prop_assert!(error.starts_with("expected a JSON array"), "{}", error),
+                }
+            }
+
+            #[test]
+            fn rate_limit_wait_is_bounded(
+                headers in rate_limit_headers(),
+                status in prop_oneof![Just(StatusCode::FORBIDDEN), Just(StatusCode::TOO_MANY_REQUESTS)],
+                body in text(),
+            ) {
+                let now = SystemTime::now();
+                if let Some(until) = rate_limit_end(status, &headers, &body, now) {
+                    prop_assert!(until >= now + Duration::from_secs(1));
+                    prop_assert!(until <= now + MAX_RATE_LIMIT_WAIT);
+                }
+                let base = Url::parse("https://api.example/releases").unwrap();
+                let _ = next_link(&headers, &base);
+            }
+        }
+
+        #[test]
+        fn edge_bodies_are_errors() {
+            for body in edge_bodies() {
+                assert!(parse_page(body.as_bytes()).is_err(), "{body:.80}");
+            }
+        }
+
+        #[test]
+        fn negative_asset_size_skips_release() {
+            let body =
+                br#"[{"tag_name":"v1","assets":[{"name":"a","size":-1}]},{"tag_name":"v2"}]"#;
+            let page = parse_page(body).unwrap();
+            assert_eq!(page.skipped, 1);
+            assert_eq!(page.releases[0].tag_name, "v2");
+        }
     }
 }

@@ -17,6 +17,25 @@ pub enum DecodeError {
     Invalid { kind: String, message: String },
 }
 
+/// Characters of a serde error kept in [`DecodeError::Invalid`]. serde quotes the offending
+/// string value in full, and a published message can be megabytes long, so the message is
+/// cut to keep log lines and dead-letter entries short.
+const MAX_ERROR_CHARS: usize = 300;
+
+impl DecodeError {
+    fn invalid(kind: &str, error: &serde_json::Error) -> DecodeError {
+        let full = error.to_string();
+        let mut message: String = full.chars().take(MAX_ERROR_CHARS).collect();
+        if message.len() < full.len() {
+            message.push('…');
+        }
+        DecodeError::Invalid {
+            kind: kind.to_string(),
+            message,
+        }
+    }
+}
+
 /// A message on `P:control` or a reply channel.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type")]
@@ -57,10 +76,7 @@ impl ControlMessage {
             kind: &str,
             value: serde_json::Value,
         ) -> Result<T, DecodeError> {
-            serde_json::from_value(value).map_err(|error| DecodeError::Invalid {
-                kind: kind.to_string(),
-                message: error.to_string(),
-            })
+            serde_json::from_value(value).map_err(|error| DecodeError::invalid(kind, &error))
         }
         Ok(match kind.as_str() {
             "ping" => ControlMessage::Ping(typed(&kind, value)?),
@@ -239,10 +255,8 @@ impl Notification {
         if trimmed.starts_with('{')
             && let Ok(value) = serde_json::from_str::<serde_json::Value>(trimmed)
         {
-            return serde_json::from_value(value).map_err(|error| DecodeError::Invalid {
-                kind: "notification".into(),
-                message: error.to_string(),
-            });
+            return serde_json::from_value(value)
+                .map_err(|error| DecodeError::invalid("notification", &error));
         }
         if payload.trim().is_empty() {
             return Err(DecodeError::Invalid {
@@ -383,5 +397,243 @@ mod tests {
     fn notification_brace_text_stays_text() {
         let notification = Notification::decode("{not json").unwrap();
         assert_eq!(notification.text, "{not json");
+    }
+
+    /// Property tests: arbitrary text and JSON never panic the decoders, errors stay short,
+    /// and what is encoded decodes to the same value.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::adversarial::{edge_bodies, json_text, text};
+
+        /// Field names and type words of the control messages.
+        const CONTROL_WORDS: &[&str] = &[
+            "type",
+            "id",
+            "reply_to",
+            "service",
+            "instance",
+            "version",
+            "uptime_ms",
+            "restarts",
+            "target",
+            "tag",
+            "ok",
+            "message",
+            "ping",
+            "pong",
+            "goodbye",
+            "crash",
+            "rebuild",
+            "rollback",
+            "rebuild.result",
+        ];
+
+        /// Field names and level words of the notification object.
+        const NOTIFICATION_WORDS: &[&str] = &[
+            "text", "title", "level", "route", "fields", "name", "value", "source", "info", "warn",
+            "error",
+        ];
+
+        /// Longest accepted error text: the cut serde message plus the fixed words around it.
+        const MAX_ERROR_TEXT_CHARS: usize = MAX_ERROR_CHARS + 100;
+
+        fn optional_text() -> impl Strategy<Value = Option<String>> {
+            proptest::option::of(text())
+        }
+
+        fn control_message() -> impl Strategy<Value = ControlMessage> {
+            let pong = (
+                optional_text(),
+                text(),
+                text(),
+                text(),
+                any::<u64>(),
+                any::<u32>(),
+            )
+                .prop_map(
+                    |(id, service, instance, version, uptime_ms, restarts)| Pong {
+                        id,
+                        service,
+                        instance,
+                        version,
+                        uptime_ms,
+                        restarts,
+                    },
+                );
+            let rebuild = (text(), optional_text(), optional_text(), optional_text()).prop_map(
+                |(target, tag, id, reply_to)| Rebuild {
+                    target,
+                    tag,
+                    id,
+                    reply_to,
+                },
+            );
+            let rollback =
+                (text(), optional_text(), optional_text()).prop_map(|(target, id, reply_to)| {
+                    Rollback {
+                        target,
+                        id,
+                        reply_to,
+                    }
+                });
+            let result = (
+                optional_text(),
+                text(),
+                optional_text(),
+                any::<bool>(),
+                text(),
+            )
+                .prop_map(|(id, target, tag, ok, message)| RebuildResult {
+                    id,
+                    target,
+                    tag,
+                    ok,
+                    message,
+                });
+            prop_oneof![
+                (optional_text(), optional_text())
+                    .prop_map(|(id, reply_to)| ControlMessage::Ping(Ping { id, reply_to })),
+                pong.prop_map(ControlMessage::Pong),
+                (text(), text()).prop_map(|(service, instance)| {
+                    ControlMessage::Goodbye(Goodbye { service, instance })
+                }),
+                (text(), optional_text()).prop_map(|(service, instance)| ControlMessage::Crash(
+                    Crash { service, instance }
+                )),
+                rebuild.prop_map(ControlMessage::Rebuild),
+                rollback.prop_map(ControlMessage::Rollback),
+                result.prop_map(ControlMessage::RebuildResult),
+            ]
+        }
+
+        fn notification() -> impl Strategy<Value = Notification> {
+            let level = proptest::option::of(prop_oneof![
+                Just(Level::Info),
+                Just(Level::Warn),
+                Just(Level::Error),
+            ]);
+            let fields = proptest::collection::vec(
+                (text(), text()).prop_map(|(name, value)| Field { name, value }),
+                0..4,
+            );
+            (
+                text(),
+                optional_text(),
+                level,
+                optional_text(),
+                fields,
+                optional_text(),
+            )
+                .prop_map(|(text, title, level, route, fields, source)| Notification {
+                    text,
+                    title,
+                    level,
+                    route,
+                    fields,
+                    source,
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn control_decode_any_text(payload in any::<String>()) {
+                if let Err(error) = ControlMessage::decode(&payload) {
+                    prop_assert!(error.to_string().chars().count() <= MAX_ERROR_TEXT_CHARS);
+                }
+            }
+
+            #[test]
+            fn control_decode_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = ControlMessage::decode(&String::from_utf8_lossy(&bytes));
+            }
+
+            #[test]
+            fn control_decode_json_is_stable(payload in json_text(CONTROL_WORDS)) {
+                match ControlMessage::decode(&payload) {
+                    Ok(message) => {
+                        let again = ControlMessage::decode(&message.encode());
+                        prop_assert_eq!(again, Ok(message));
+                    }
+                    Err(error) => {
+                        prop_assert!(error.to_string().chars().count() <= MAX_ERROR_TEXT_CHARS);
+                    }
+                }
+            }
+
+            #[test]
+            fn control_encode_decode_round_trips(message in control_message()) {
+                prop_assert_eq!(ControlMessage::decode(&message.encode()), Ok(message));
+            }
+
+            #[test]
+            fn plain_ping_with_any_padding(
+                before in "[ \t\r\n]{0,4}",
+                after in "[ \t\r\n]{0,4}",
+            ) {
+                let decoded = ControlMessage::decode(&format!("{before}ping{after}"));
+                prop_assert_eq!(decoded, Ok(ControlMessage::Ping(Ping::default())));
+            }
+
+            #[test]
+            fn notification_decode_any_text(payload in any::<String>()) {
+                match Notification::decode(&payload) {
+                    Ok(notification) if !payload.trim_start().starts_with('{') => {
+                        prop_assert_eq!(notification.text, payload);
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        prop_assert!(error.to_string().chars().count() <= MAX_ERROR_TEXT_CHARS);
+                    }
+                }
+            }
+
+            #[test]
+            fn notification_decode_json_is_stable(payload in json_text(NOTIFICATION_WORDS)) {
+                match Notification::decode(&payload) {
+                    Ok(notification) => {
+                        let again = Notification::decode(&notification.encode());
+                        prop_assert_eq!(again, Ok(notification));
+                    }
+                    Err(error) => {
+                        prop_assert!(error.to_string().chars().count() <= MAX_ERROR_TEXT_CHARS);
+                    }
+                }
+            }
+
+            #[test]
+            fn notification_encode_decode_round_trips(notification in notification()) {
+                prop_assert_eq!(Notification::decode(&notification.encode()), Ok(notification));
+            }
+        }
+
+        #[test]
+        fn edge_bodies_are_not_control_messages() {
+            for body in edge_bodies() {
+                assert!(ControlMessage::decode(&body).is_err(), "{body:.80}");
+            }
+        }
+
+        #[test]
+        fn edge_bodies_decode_as_notifications_or_fail() {
+            for body in edge_bodies() {
+                if let Ok(notification) = Notification::decode(&body) {
+                    assert_eq!(notification.text, body, "{body:.80}");
+                }
+            }
+        }
+
+        #[test]
+        fn huge_string_value_error_is_cut() {
+            let payload = format!(r#"{{"type":"pong","uptime_ms":"{}"}}"#, "x".repeat(100_000));
+            let error = ControlMessage::decode(&payload).unwrap_err();
+            assert!(
+                error.to_string().chars().count() <= MAX_ERROR_TEXT_CHARS,
+                "{error}"
+            );
+        }
     }
 }

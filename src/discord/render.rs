@@ -99,8 +99,14 @@ pub fn render(notification: &Notification, mentions: &AllowedMentions) -> Vec<Ou
     let text = render_plain(notification);
     split_text(&text, MAX_CONTENT_CHARS)
         .into_iter()
-        .map(|part| OutgoingMessage {
-            content: Some(part.render()),
+        .map(|part| part.render())
+        // Discord trims message content and rejects an empty result with 400 (error 50006,
+        // "Cannot send an empty message"), which would dead-letter the whole notice. A part
+        // of only whitespace, such as the tail of a long run of spaces, would show nothing,
+        // so it is not sent.
+        .filter(|content| !content.trim().is_empty())
+        .map(|content| OutgoingMessage {
+            content: Some(content),
             embeds: Vec::new(),
             allowed_mentions: mentions.clone(),
         })
@@ -439,5 +445,123 @@ mod tests {
         assert_eq!(routed(None, Some(Level::Error)), channel(3));
         assert_eq!(routed(Some("unknown"), Some(Level::Info)), channel(1));
         assert_eq!(routed(None, None), channel(1));
+    }
+
+    /// Property tests of the consumer's path from a stream entry's `n` field to the
+    /// messages sent: decoding never panics, and every rendered message fits Discord's
+    /// limits without losing text.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::adversarial::{json_text, text};
+        use crate::discord::split::split_text;
+
+        const NOTIFICATION_WORDS: &[&str] = &[
+            "text",
+            "title",
+            "level",
+            "route",
+            "fields",
+            "name",
+            "value",
+            "source",
+            "info",
+            "warn",
+            "error",
+            "```",
+            "```rust\n",
+        ];
+
+        /// Checks one rendered notification against Discord's limits.
+        fn check_rendered(notification: &Notification) -> Result<(), TestCaseError> {
+            let messages = render(notification, &AllowedMentions::default());
+            prop_assert!(!messages.is_empty());
+            for message in &messages {
+                match &message.content {
+                    Some(content) => {
+                        prop_assert!(!content.trim().is_empty());
+                        prop_assert!(chars(content) <= MAX_CONTENT_CHARS);
+                    }
+                    None => prop_assert_eq!(message.embeds.len(), 1),
+                }
+            }
+            if let Some(embed) = messages[0].embeds.first() {
+                check_embed(embed)?;
+            } else {
+                // Only parts of nothing but whitespace may be left out.
+                let parts = split_text(&render_plain(notification), MAX_CONTENT_CHARS);
+                let sent: Vec<String> = parts
+                    .iter()
+                    .map(|part| part.render())
+                    .filter(|content| !content.trim().is_empty())
+                    .collect();
+                let contents: Vec<&str> = messages
+                    .iter()
+                    .filter_map(|message| message.content.as_deref())
+                    .collect();
+                prop_assert_eq!(contents, sent);
+                let bodies: String = parts.into_iter().map(|part| part.body).collect();
+                prop_assert_eq!(bodies, render_plain(notification));
+            }
+            Ok(())
+        }
+
+        fn check_embed(embed: &Embed) -> Result<(), TestCaseError> {
+            use embed_limits::*;
+            let title = embed.title.as_deref().map_or(0, chars);
+            let description = embed.description.as_deref().map_or(0, chars);
+            let footer = embed
+                .footer
+                .as_ref()
+                .map_or(0, |footer| chars(&footer.text));
+            prop_assert!(title <= TITLE);
+            prop_assert!(description <= DESCRIPTION);
+            prop_assert!(footer <= FOOTER_TEXT);
+            prop_assert!(embed.fields.len() <= FIELDS);
+            let mut total = title + description + footer;
+            for field in &embed.fields {
+                prop_assert!(!field.name.trim().is_empty() && chars(&field.name) <= FIELD_NAME);
+                prop_assert!(!field.value.trim().is_empty() && chars(&field.value) <= FIELD_VALUE);
+                total += chars(&field.name) + chars(&field.value);
+            }
+            prop_assert!(total <= TOTAL);
+            prop_assert!(title + description + embed.fields.len() > 0);
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            #[test]
+            fn any_text_entry_renders_within_limits(payload in text()) {
+                if let Ok(notification) = Notification::decode(&payload) {
+                    check_rendered(&notification)?;
+                }
+            }
+
+            #[test]
+            fn any_json_entry_renders_within_limits(payload in json_text(NOTIFICATION_WORDS)) {
+                if let Ok(notification) = Notification::decode(&payload) {
+                    check_rendered(&notification)?;
+                }
+            }
+        }
+
+        #[test]
+        fn whitespace_tail_is_not_sent() {
+            let notification = Notification::text(format!("x{}", " ".repeat(2500)));
+            let messages = render(&notification, &AllowedMentions::default());
+            assert_eq!(messages.len(), 1);
+            assert!(messages[0].content.as_deref().unwrap().starts_with('x'));
+        }
+
+        #[test]
+        fn entry_with_long_fence_renders_within_limits() {
+            let text = format!("```{}\n{}", "l".repeat(3000), "b".repeat(3000));
+            let payload = serde_json::json!({ "text": text }).to_string();
+            let notification = Notification::decode(&payload).unwrap();
+            check_rendered(&notification).unwrap();
+        }
     }
 }

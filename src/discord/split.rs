@@ -13,6 +13,13 @@ pub const MAX_CONTENT_CHARS: usize = 2000;
 /// Appended to a part that ends inside a code block. Its length is reserved in every part.
 const FENCE_CLOSE: &str = "\n```";
 
+/// Maximum characters of the info string carried into a reopened fence. Language names that
+/// Discord highlights are far shorter, and a longer info string reopens the block without
+/// one. Without this cap, a fence line of nearly a whole message left no room for the body
+/// of the next part. With it, a reopened fence takes at most 36 characters, so the
+/// 64-character minimum of `max_chars` always leaves room for the body.
+const MAX_LANGUAGE_CHARS: usize = 32;
+
 /// Maximum number of characters a cut moves back to avoid splitting a joined emoji or a
 /// backtick run. A longer sequence is cut, and the text is still delivered whole.
 const MAX_CUT_BACKTRACK: usize = 16;
@@ -153,7 +160,12 @@ impl FenceState {
                 self.language.clear();
             } else {
                 self.open = true;
-                self.language = info.split_whitespace().next().unwrap_or("").to_owned();
+                let language = info.split_whitespace().next().unwrap_or("");
+                self.language = if language.chars().count() <= MAX_LANGUAGE_CHARS {
+                    language.to_owned()
+                } else {
+                    String::new()
+                };
             }
         }
     }
@@ -302,5 +314,57 @@ mod tests {
         let parts = split_text(&text, MAX_CONTENT_CHARS);
         assert_eq!(joined(&parts), text);
         assert!(max_rendered(&parts) <= MAX_CONTENT_CHARS);
+    }
+
+    #[test]
+    fn long_fence_language_stays_within_limit() {
+        // Found by the property test below: an info string of nearly a whole message made the
+        // reopened fence leave no room for the body.
+        let text = format!("```{}\n{}", "l".repeat(3000), "b".repeat(3000));
+        let parts = split_text(&text, MAX_CONTENT_CHARS);
+        assert_eq!(joined(&parts), text);
+        assert!(max_rendered(&parts) <= MAX_CONTENT_CHARS);
+    }
+
+    #[test]
+    fn fence_language_near_window_size_terminates() {
+        // An info string that leaves a budget of zero once reopened must not stall the loop.
+        let language = "l".repeat(MAX_CONTENT_CHARS - 8);
+        let text = format!("```{language} x\n{}", "b ".repeat(2000));
+        let parts = split_text(&text, MAX_CONTENT_CHARS);
+        assert_eq!(joined(&parts), text);
+        assert!(max_rendered(&parts) <= MAX_CONTENT_CHARS);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::adversarial::text;
+
+        /// Text made of pieces that stress the splitter: adversarial strings, fences with
+        /// short and very long info strings, line breaks and long runs without spaces.
+        fn fenced_text() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                3 => text(),
+                1 => Just("```".to_owned()),
+                1 => Just("\n".to_owned()),
+                1 => "```[a-z+#]{0,12}\n",
+                1 => (0..4000usize).prop_map(|length| format!("```{}", "l".repeat(length))),
+                1 => (0..3000usize).prop_map(|length| "w".repeat(length)),
+            ];
+            proptest::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            #[test]
+            fn split_is_lossless_and_bounded(text in fenced_text(), max in 0usize..2500) {
+                let parts = split_text(&text, max);
+                prop_assert_eq!(joined(&parts), text);
+                prop_assert!(max_rendered(&parts) <= max.max(64));
+            }
+        }
     }
 }

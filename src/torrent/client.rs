@@ -138,6 +138,21 @@ pub(crate) async fn read_body(
     Ok(body)
 }
 
+/// Characters kept of the error for one skipped torrent entry. serde quotes an offending
+/// string in full, and a client could send a name of megabytes.
+const MAX_ENTRY_ERROR_CHARS: usize = 300;
+
+/// Describes why entry `index` of a torrent list did not decode, with the path of the field
+/// at fault (`torrent 3: sizeWhenDone: invalid type: …`), cut to a few hundred characters.
+pub(crate) fn entry_error(index: usize, error: &dyn std::fmt::Display) -> String {
+    let full = format!("torrent {index}: {error}");
+    let mut text: String = full.chars().take(MAX_ENTRY_ERROR_CHARS).collect();
+    if text.len() < full.len() {
+        text.push('…');
+    }
+    text
+}
+
 /// Wraps a transport error, without the URL that reqwest repeats in its own message.
 pub(crate) fn request_error(url: &str, source: reqwest::Error) -> ClientError {
     ClientError::Request {

@@ -134,6 +134,36 @@ pub fn unix_time(seconds: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(seconds, 0)
 }
 
+/// Checks what every decoded torrent must satisfy, whatever the client sent. Used by the
+/// property tests of both clients' decoders.
+#[cfg(test)]
+pub(crate) fn check_decoded(torrent: &Torrent) -> Result<(), String> {
+    let hash = torrent.hash.as_str();
+    let hash_valid = matches!(hash.len(), 40 | 64)
+        && hash
+            .bytes()
+            .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'));
+    if !hash_valid {
+        return Err(format!(
+            "hash {hash:?} is not lower-case hex of 40 or 64 digits"
+        ));
+    }
+    if !(0.0..=1.0).contains(&torrent.progress) {
+        return Err(format!("progress {} is outside 0 to 1", torrent.progress));
+    }
+    if !torrent.has_metadata && (torrent.size_bytes.is_some() || torrent.left_bytes.is_some()) {
+        return Err("sizes are known without metadata".into());
+    }
+    if torrent
+        .error
+        .as_ref()
+        .is_some_and(|text| text.chars().count() > 200)
+    {
+        return Err("error text longer than 200 characters".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,7 @@ use reqwest::header::{CONTENT_TYPE, REFERER};
 use serde::Deserialize;
 use url::Url;
 
-use super::client::{ClientError, http_client, read_body, request_error};
+use super::client::{ClientError, entry_error, http_client, read_body, request_error};
 use super::config::Credentials;
 use super::model::{InfoHash, Torrent, TorrentState, unix_time};
 
@@ -261,10 +261,10 @@ pub fn parse_torrents(body: &[u8]) -> Result<(Vec<Torrent>, Vec<String>), String
         serde_json::from_slice(body).map_err(|error| format!("not a JSON array: {error}"))?;
     let mut torrents = Vec::with_capacity(entries.len());
     let mut skipped = Vec::new();
-    for entry in entries {
-        match RawTorrent::deserialize(entry) {
+    for (index, entry) in entries.iter().enumerate() {
+        match serde_path_to_error::deserialize::<_, RawTorrent>(entry) {
             Ok(raw) => torrents.push(raw.normalise()),
-            Err(error) => skipped.push(error.to_string()),
+            Err(error) => skipped.push(entry_error(index, &error)),
         }
     }
     Ok((torrents, skipped))
@@ -347,5 +347,135 @@ mod tests {
     #[test]
     fn html_body_is_an_error() {
         assert!(parse_torrents(b"<html>login</html>").is_err());
+    }
+
+    /// Property tests: arbitrary bodies never panic the decoder, every entry is either
+    /// decoded or reported, and decoded torrents are well formed.
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        use super::*;
+        use crate::adversarial::{edge_bodies, json_text, object_with, with_raw_numbers};
+        use crate::torrent::model::check_decoded;
+
+        /// The fields of a `torrents/info` entry that the decoder reads.
+        const TORRENT_FIELDS: &[&str] = &[
+            "hash",
+            "name",
+            "size",
+            "total_size",
+            "progress",
+            "amount_left",
+            "state",
+            "added_on",
+            "completion_on",
+            "has_metadata",
+        ];
+
+        /// Valid hashes and every state string the decoder maps.
+        const WORDS: &[&str] = &[
+            "hash",
+            "state",
+            "52b98ef9d87424faa7e7af0bfba50885ea9d4c0c",
+            "52B98EF9D87424FAA7E7AF0BFBA50885EA9D4C0C",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "error",
+            "missingFiles",
+            "uploading",
+            "stalledUP",
+            "pausedUP",
+            "stoppedDL",
+            "queuedDL",
+            "checkingResumeData",
+            "allocating",
+            "downloading",
+            "metaDL",
+            "forcedMetaDL",
+            "moving",
+        ];
+
+        fn check_list(body: &[u8], entries: usize) -> Result<(), TestCaseError> {
+            let (torrents, skipped) = parse_torrents(body).map_err(TestCaseError::fail)?;
+            prop_assert_eq!(torrents.len() + skipped.len(), entries);
+            for torrent in &torrents {
+                prop_assert!(
+                    check_decoded(torrent).is_ok(),
+                    "{:?}",
+                    check_decoded(torrent)
+                );
+            }
+            for error in &skipped {
+                prop_assert!(error.starts_with("torrent "), "{}", error);
+                prop_assert!(error.chars().count() <= 301, "{}", error);
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn any_bytes_decode_or_fail(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = parse_torrents(&body);
+            }
+
+            #[test]
+            fn any_json_text_decodes_or_fails(body in json_text(WORDS)) {
+                let entries = serde_json::from_str::<Value>(&body)
+                    .ok()
+                    .and_then(|value| value.as_array().map(Vec::len));
+                match entries {
+                    Some(entries) => check_list(body.as_bytes(), entries)?,
+                    None => prop_assert!(parse_torrents(body.as_bytes()).is_err()),
+                }
+            }
+
+            #[test]
+            fn shaped_entries_decode_or_are_skipped(
+                entries in proptest::collection::vec(object_with(TORRENT_FIELDS, WORDS), 0..6),
+            ) {
+                let body = with_raw_numbers(&Value::Array(entries.clone()));
+                match parse_torrents(body.as_bytes()) {
+                    Ok(_) => check_list(body.as_bytes(), entries.len())?,
+                    Err(error) => prop_assert!(error.starts_with("not a JSON array"), "{}", error),
+                }
+            }
+        }
+
+        #[test]
+        fn edge_bodies_are_errors() {
+            for body in edge_bodies() {
+                assert!(parse_torrents(body.as_bytes()).is_err(), "{body:.80}");
+            }
+        }
+
+        #[test]
+        fn huge_and_negative_sizes() {
+            let body = br#"[
+                {"hash":"52b98ef9d87424faa7e7af0bfba50885ea9d4c0c","size":-5,"amount_left":-1,
+                 "progress":-3.5,"added_on":-9223372036854775808,"completion_on":9223372036854775807},
+                {"hash":"0123456789abcdef0123456789abcdef01234567","size":1e400}
+            ]"#;
+            assert!(
+                parse_torrents(body).is_err(),
+                "1e400 is not JSON that serde_json reads"
+            );
+            let body = br#"[
+                {"hash":"52b98ef9d87424faa7e7af0bfba50885ea9d4c0c","size":-5,"amount_left":-1,
+                 "progress":-3.5,"added_on":-9223372036854775808,"completion_on":9223372036854775807},
+                {"hash":"0123456789abcdef0123456789abcdef01234567","size":18446744073709551615}
+            ]"#;
+            let (torrents, skipped) = parse_torrents(body).unwrap();
+            assert_eq!(torrents[0].size_bytes, None);
+            assert_eq!(torrents[0].left_bytes, None);
+            assert_eq!(torrents[0].progress, 0.0);
+            assert_eq!(torrents[0].added_at, None);
+            assert_eq!(torrents[0].done_at, None);
+            assert_eq!(
+                skipped,
+                ["torrent 1: size: invalid value: integer `18446744073709551615`, expected i64"]
+            );
+        }
     }
 }

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use url::Url;
 
-use super::client::{ClientError, http_client, read_body, request_error};
+use super::client::{ClientError, entry_error, http_client, read_body, request_error};
 use super::config::Credentials;
 use super::model::{InfoHash, Torrent, TorrentState, unix_time};
 
@@ -159,25 +159,11 @@ impl Transmission {
             "tag": self.take_request_id(),
         });
         let response = self.post(&request).await?;
-        let (dialect, version, rpc_version) = if response.get("jsonrpc").is_some() {
-            (Dialect::JsonRpc, None, JSON_RPC_MIN_VERSION)
-        } else {
-            let arguments = legacy_result(&response).map_err(|error| self.rpc_error(error))?;
-            let rpc_version = arguments
-                .get("rpc-version")
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
-            let dialect = if rpc_version >= JSON_RPC_MIN_VERSION {
-                Dialect::JsonRpc
-            } else {
-                Dialect::Legacy
-            };
-            let version = arguments
-                .get("version")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            (dialect, version, rpc_version)
-        };
+        let SessionInfo {
+            dialect,
+            version,
+            rpc_version,
+        } = session_info(&response).map_err(|error| self.rpc_error(error))?;
         tracing::debug!(url = %self.url, ?dialect, version = version.as_deref().unwrap_or("unknown"), "transmission protocol detected");
         self.dialect = Some(dialect);
         self.version = version;
@@ -293,6 +279,79 @@ impl Transmission {
 enum RpcFailure {
     Invalid(String),
     Server(String),
+}
+
+impl std::fmt::Display for RpcFailure {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RpcFailure::Invalid(reason) => formatter.write_str(reason),
+            RpcFailure::Server(message) => write!(formatter, "RPC error: {message}"),
+        }
+    }
+}
+
+/// The protocol and version that a `session-get` response reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The protocol to use from now on.
+    pub dialect: Dialect,
+    /// The daemon's version string, such as `3.00 (bb6b5a062e)`, when it reports one.
+    pub version: Option<String>,
+    /// The daemon's `rpc-version`: 0 when missing, and 18 for a JSON-RPC 2.0 reply.
+    pub rpc_version: i64,
+}
+
+fn session_info(response: &Value) -> Result<SessionInfo, RpcFailure> {
+    if response.get("jsonrpc").is_some() {
+        return Ok(SessionInfo {
+            dialect: Dialect::JsonRpc,
+            version: None,
+            rpc_version: JSON_RPC_MIN_VERSION,
+        });
+    }
+    let arguments = legacy_result(response)?;
+    let rpc_version = arguments
+        .get("rpc-version")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let dialect = if rpc_version >= JSON_RPC_MIN_VERSION {
+        Dialect::JsonRpc
+    } else {
+        Dialect::Legacy
+    };
+    let version = arguments
+        .get("version")
+        .and_then(Value::as_str)
+        .map(truncate);
+    Ok(SessionInfo {
+        dialect,
+        version,
+        rpc_version,
+    })
+}
+
+/// Decodes the body of a `session-get` response the way the client does when it detects
+/// the protocol. Public so that fuzz targets can reach it.
+pub fn decode_session_get(body: &[u8]) -> Result<SessionInfo, String> {
+    let response: Value =
+        serde_json::from_slice(body).map_err(|error| format!("not JSON: {error}"))?;
+    session_info(&response).map_err(|failure| failure.to_string())
+}
+
+/// Decodes the body of a `torrent-get` response in `dialect` the way the client does: the
+/// envelope, then the torrents as [`parse_torrents`] reads them. Public so that fuzz targets
+/// can reach it.
+pub fn decode_torrent_get(
+    body: &[u8],
+    dialect: Dialect,
+) -> Result<(Vec<Torrent>, Vec<String>), String> {
+    let response: Value =
+        serde_json::from_slice(body).map_err(|error| format!("not JSON: {error}"))?;
+    let result = match dialect {
+        Dialect::Legacy => legacy_result(&response),
+        Dialect::JsonRpc => json_rpc_result(&response),
+    };
+    parse_torrents(result.map_err(|failure| failure.to_string())?)
 }
 
 fn legacy_result(response: &Value) -> Result<&Value, RpcFailure> {
@@ -420,10 +479,10 @@ pub fn parse_torrents(result: &Value) -> Result<(Vec<Torrent>, Vec<String>), Str
         .ok_or("no torrents array")?;
     let mut torrents = Vec::with_capacity(entries.len());
     let mut skipped = Vec::new();
-    for entry in entries {
-        match RawTorrent::deserialize(entry) {
+    for (index, entry) in entries.iter().enumerate() {
+        match serde_path_to_error::deserialize::<_, RawTorrent>(entry) {
             Ok(raw) => torrents.push(raw.normalise()),
-            Err(error) => skipped.push(error.to_string()),
+            Err(error) => skipped.push(entry_error(index, &error)),
         }
     }
     Ok((torrents, skipped))
@@ -537,5 +596,202 @@ mod tests {
             panic!("expected a server failure");
         };
         assert_eq!(message, "method name not recognized");
+    }
+
+    /// Property tests: arbitrary bodies and JSON never panic the decoders, every entry is
+    /// either decoded or reported, and decoded torrents are well formed.
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        use super::*;
+        use crate::adversarial::{
+            edge_bodies, json_text, json_value, object_with, with_raw_numbers,
+        };
+        use crate::torrent::model::check_decoded;
+
+        /// Every field either spelling of `torrent-get` can carry.
+        const TORRENT_FIELDS: &[&str] = &[
+            "hashString",
+            "hash_string",
+            "name",
+            "sizeWhenDone",
+            "size_when_done",
+            "percentDone",
+            "percent_done",
+            "leftUntilDone",
+            "left_until_done",
+            "status",
+            "addedDate",
+            "added_date",
+            "doneDate",
+            "done_date",
+            "error",
+            "errorString",
+            "error_string",
+            "metadataPercentComplete",
+            "metadata_percent_complete",
+            "magnetLink",
+            "magnet_link",
+        ];
+
+        /// Envelope words and values that steer the decoder down its branches: valid hashes
+        /// in both cases and lengths, magnet links, and the result and version fields.
+        const WORDS: &[&str] = &[
+            "torrents",
+            "result",
+            "success",
+            "arguments",
+            "jsonrpc",
+            "2.0",
+            "error",
+            "message",
+            "code",
+            "rpc-version",
+            "version",
+            "hashString",
+            "name",
+            "52b98ef9d87424faa7e7af0bfba50885ea9d4c0c",
+            "52B98EF9D87424FAA7E7AF0BFBA50885EA9D4C0C",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "magnet:?xt=urn:btih:52b98ef9d87424faa7e7af0bfba50885ea9d4c0c&dn=a%20%F0%9F%8E%AC",
+            "magnet:?dn=%FF%FE",
+            "magnet:?dn=",
+        ];
+
+        fn entries() -> impl Strategy<Value = Vec<Value>> {
+            proptest::collection::vec(object_with(TORRENT_FIELDS, WORDS), 0..6)
+        }
+
+        fn dialect() -> impl Strategy<Value = Dialect> {
+            prop_oneof![Just(Dialect::Legacy), Just(Dialect::JsonRpc)]
+        }
+
+        /// Checks a decoded list against the number of entries it came from.
+        fn check_list(
+            decoded: &(Vec<Torrent>, Vec<String>),
+            entries: usize,
+        ) -> Result<(), TestCaseError> {
+            let (torrents, skipped) = decoded;
+            prop_assert_eq!(torrents.len() + skipped.len(), entries);
+            for torrent in torrents {
+                prop_assert!(
+                    check_decoded(torrent).is_ok(),
+                    "{:?}",
+                    check_decoded(torrent)
+                );
+            }
+            for error in skipped {
+                prop_assert!(error.starts_with("torrent "), "{}", error);
+                prop_assert!(error.chars().count() <= 301, "{}", error);
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn any_value_parses_or_fails(value in json_value(WORDS)) {
+                let entries = value.get("torrents").and_then(Value::as_array).map(Vec::len);
+                match (parse_torrents(&value), entries) {
+                    (Ok(decoded), Some(entries)) => check_list(&decoded, entries)?,
+                    (Err(_), None) => {}
+                    (result, entries) => prop_assert!(false, "{result:?} for {entries:?} entries"),
+                }
+            }
+
+            #[test]
+            fn shaped_entries_decode_or_are_skipped(entries in entries()) {
+                let count = entries.len();
+                let decoded = parse_torrents(&serde_json::json!({ "torrents": entries }));
+                check_list(&decoded.unwrap(), count)?;
+            }
+
+            #[test]
+            fn any_bytes_decode_or_fail(
+                body in proptest::collection::vec(any::<u8>(), 0..512),
+                dialect in dialect(),
+            ) {
+                let _ = decode_torrent_get(&body, dialect);
+                let _ = decode_session_get(&body);
+            }
+
+            #[test]
+            fn any_json_text_decodes_or_fails(body in json_text(WORDS), dialect in dialect()) {
+                let _ = decode_torrent_get(body.as_bytes(), dialect);
+                let _ = decode_session_get(body.as_bytes());
+            }
+
+            #[test]
+            fn enveloped_entries_decode(entries in entries(), dialect in dialect()) {
+                let count = entries.len();
+                let envelope = match dialect {
+                    Dialect::Legacy => serde_json::json!({
+                        "result": "success", "arguments": { "torrents": entries }, "tag": 1,
+                    }),
+                    Dialect::JsonRpc => serde_json::json!({
+                        "jsonrpc": "2.0", "result": { "torrents": entries }, "id": 1,
+                    }),
+                };
+                // The raw-number markers become literals such as 1e400, which no Value can
+                // hold, so the whole body may then be rejected as not JSON.
+                let body = with_raw_numbers(&envelope);
+                match decode_torrent_get(body.as_bytes(), dialect) {
+                    Ok(decoded) => check_list(&decoded, count)?,
+                    Err(error) => prop_assert!(error.starts_with("not JSON"), "{}", error),
+                }
+            }
+
+            #[test]
+            fn session_get_any_value(value in json_value(WORDS)) {
+                if let Ok(info) = session_info(&value) {
+                    prop_assert!(info.version.is_none_or(|version| version.chars().count() <= 200));
+                }
+            }
+        }
+
+        #[test]
+        fn edge_bodies_decode_or_fail() {
+            for body in edge_bodies() {
+                for dialect in [Dialect::Legacy, Dialect::JsonRpc] {
+                    assert!(
+                        decode_torrent_get(body.as_bytes(), dialect).is_err(),
+                        "{body:.80}"
+                    );
+                }
+                assert!(decode_session_get(body.as_bytes()).is_err(), "{body:.80}");
+            }
+        }
+
+        #[test]
+        fn skipped_entry_names_its_field() {
+            let value = serde_json::json!({"torrents":[{
+                "hashString":"52b98ef9d87424faa7e7af0bfba50885ea9d4c0c",
+                "sizeWhenDone":"x".repeat(10_000),
+            }]});
+            let (_, skipped) = parse_torrents(&value).unwrap();
+            assert!(
+                skipped[0].starts_with("torrent 0: sizeWhenDone: invalid type"),
+                "{}",
+                skipped[0]
+            );
+            assert!(skipped[0].chars().count() <= 301);
+        }
+
+        #[test]
+        fn huge_and_negative_sizes() {
+            let body = br#"{"result":"success","arguments":{"torrents":[
+                {"hashString":"52b98ef9d87424faa7e7af0bfba50885ea9d4c0c","sizeWhenDone":-5,
+                 "leftUntilDone":9223372036854775807,"percentDone":1e308,"addedDate":9223372036854775807},
+                {"hashString":"0123456789abcdef0123456789abcdef01234567","sizeWhenDone":18446744073709551615}
+            ]}}"#;
+            let (torrents, skipped) = decode_torrent_get(body, Dialect::Legacy).unwrap();
+            assert_eq!(torrents[0].size_bytes, None);
+            assert_eq!(torrents[0].left_bytes, Some(i64::MAX as u64));
+            assert_eq!(torrents[0].progress, 1.0);
+            assert_eq!(torrents[0].added_at, None);
+            assert_eq!(skipped.len(), 1, "a size past i64 is an invalid entry");
+        }
     }
 }
