@@ -1,1 +1,3 @@
 //! Almagest: a home server's small automation services as supervised actors on a Redis bus.
+
+pub mod dnslog;

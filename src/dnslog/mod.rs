@@ -1,0 +1,12 @@
+//! The `dnslog` service: CoreDNS's query log turned into per-client statistics and presence.
+//!
+//! It sits under the services supervisor. Lines come from sources (a followed file, standard
+//! input, a restarted command) and lose their collector wrappers ([`wrapper`]). Each then
+//! becomes a query or a counted skip ([`parse`]). Queries feed daily counters, written to
+//! Redis in batches ([`aggregate`]), and a presence state machine for known devices
+//! ([`presence`]).
+
+pub mod name;
+pub mod parse;
+pub mod time;
+pub mod wrapper;
