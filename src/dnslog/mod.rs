@@ -8,5 +8,6 @@
 
 pub mod name;
 pub mod parse;
+pub mod source;
 pub mod time;
 pub mod wrapper;
