@@ -6,8 +6,11 @@
 //! Redis in batches ([`aggregate`]), and a presence state machine for known devices
 //! ([`presence`]).
 
+pub mod aggregate;
+pub mod config;
 pub mod name;
 pub mod parse;
+pub mod presence;
 pub mod source;
 pub mod time;
 pub mod wrapper;
