@@ -1,0 +1,24 @@
+# Build stage: the release binary, with dependencies cached in their own layer.
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && cargo build --release --locked && rm -rf src
+COPY src ./src
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+
+# Runtime stage: Debian slim with CA certificates (TLS to Discord, GitHub, rediss://).
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /var/lib/almagest --create-home almagest
+COPY --from=build /src/target/release/almagest /usr/local/bin/almagest
+COPY config/almagest.toml /etc/almagest/almagest.toml
+# In a container the bus is the Redis sidecar.
+ENV ALMAGEST__BUS__BACKEND=redis \
+    ALMAGEST__REDIS__URL=redis://127.0.0.1:6379
+USER almagest
+WORKDIR /var/lib/almagest
+ENTRYPOINT ["/usr/local/bin/almagest", "--config", "/etc/almagest/almagest.toml"]
+CMD ["run"]

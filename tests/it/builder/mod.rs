@@ -1,0 +1,5 @@
+//! The builder: its steps against local fakes of the GitHub and Kubernetes APIs, and the
+//! service on a real redis-server.
+
+mod service;
+mod steps;

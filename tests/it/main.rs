@@ -1,0 +1,10 @@
+//! Integration tests, in one binary so that the crate is linked once. Each test starts its
+//! own redis-server and uses its own bus prefix and instance name.
+
+mod builder;
+mod control;
+mod core;
+mod discord;
+mod drop_folder;
+mod support;
+mod torrent;
