@@ -428,6 +428,7 @@ struct RawConfig {
     discord: Option<crate::discord::config::RawDiscordConfig>,
     torrent: Option<crate::torrent::config::RawTorrentConfig>,
     builder: Option<crate::builder::config::RawBuilderConfig>,
+    dnslog: Option<crate::dnslog::config::RawDnslogConfig>,
 }
 
 /// The validated configuration the daemon runs with.
@@ -448,6 +449,8 @@ pub struct Config {
     pub torrent: Option<crate::torrent::config::TorrentConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub builder: Option<crate::builder::config::BuilderConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dnslog: Option<crate::dnslog::config::DnslogConfig>,
 }
 
 impl Config {
@@ -522,6 +525,16 @@ impl Config {
         let discord = raw.discord.map(|section| section.validate(problems, ctx));
         let torrent = raw.torrent.map(|section| section.validate(problems, ctx));
         let builder = raw.builder.map(|section| section.validate(problems, ctx));
+        let dnslog = raw.dnslog.and_then(|section| {
+            section
+                .validate()
+                .map_err(|found| {
+                    for problem in found {
+                        problems.push(problem.key, problem.message);
+                    }
+                })
+                .ok()
+        });
         Config {
             path: None,
             log: raw.log,
@@ -532,6 +545,7 @@ impl Config {
             discord,
             torrent,
             builder,
+            dnslog,
         }
     }
 
@@ -549,6 +563,9 @@ impl Config {
         }
         if self.builder.is_some() {
             names.push(crate::builder::NAME);
+        }
+        if self.dnslog.is_some() {
+            names.push(crate::dnslog::NAME);
         }
         names
     }

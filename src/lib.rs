@@ -90,6 +90,13 @@ fn service_specs(config: &Arc<Config>, bus: &Bus) -> Vec<ChildSpec> {
             bus,
         ));
     }
+    if let Some(dnslog) = &config.dnslog {
+        specs.push(supervisor::service_spec::<dnslog::Dnslog>(
+            dnslog.clone(),
+            config,
+            bus,
+        ));
+    }
     specs
 }
 

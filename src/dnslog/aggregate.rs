@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::parse::Query;
+use crate::bus::Names;
 use super::time::{Day, Timestamp};
 
 /// Distinct counters kept in memory before [`Aggregator::is_full`] reports a flush is due, which
@@ -43,17 +44,16 @@ pub struct SetKey {
 }
 
 impl SetKey {
-    /// Returns the Redis key under `prefix` (`bus.prefix`): `P:dns:clients:<day>`,
-    /// `P:dns:domains:<day>`, `P:dns:client:<ip>:<day>`, `P:dns:rcodes:<day>`,
-    /// `P:dns:qtypes:<day>`.
-    pub fn redis_key(&self, prefix: &str) -> String {
-        let day = self.day;
+    /// Returns the Redis key: `P:dns:clients:<day>`, `P:dns:domains:<day>`,
+    /// `P:dns:client:<ip>:<day>`, `P:dns:rcodes:<day>` or `P:dns:qtypes:<day>`.
+    pub fn redis_key(&self, names: &Names) -> String {
+        let day = self.day.to_string();
         match &self.kind {
-            SetKind::Clients => format!("{prefix}:dns:clients:{day}"),
-            SetKind::Domains => format!("{prefix}:dns:domains:{day}"),
-            SetKind::Client(ip) => format!("{prefix}:dns:client:{ip}:{day}"),
-            SetKind::Rcodes => format!("{prefix}:dns:rcodes:{day}"),
-            SetKind::Qtypes => format!("{prefix}:dns:qtypes:{day}"),
+            SetKind::Clients => names.dns_clients(&day),
+            SetKind::Domains => names.dns_domains(&day),
+            SetKind::Client(ip) => names.dns_client(&ip.to_string(), &day),
+            SetKind::Rcodes => names.dns_rcodes(&day),
+            SetKind::Qtypes => names.dns_qtypes(&day),
         }
     }
 
@@ -385,14 +385,14 @@ mod tests {
             day: on,
         };
         assert_eq!(
-            client.redis_key("almagest"),
+            client.redis_key(&Names::new("almagest")),
             "almagest:dns:client:2001:db8::1:2026-08-21"
         );
         let clients = SetKey {
             kind: SetKind::Clients,
             day: on,
         };
-        assert_eq!(clients.redis_key("p"), "p:dns:clients:2026-08-21");
+        assert_eq!(clients.redis_key(&Names::new("p")), "p:dns:clients:2026-08-21");
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub struct RawDnslogConfig {
     pub devices: Vec<RawDevice>,
     pub retention_days: Option<u32>,
     pub max_names_per_day: Option<usize>,
+    pub route: Option<String>,
 }
 
 /// One entry of `dnslog.sources`: exactly one of `file`, `stdin = true` or `command`.
@@ -112,6 +113,10 @@ pub struct DnslogConfig {
     pub devices: Vec<Device>,
     pub retention_days: u32,
     pub max_names_per_day: usize,
+    /// Notification route of arrival notices (see `discord.routes`); the default channel
+    /// when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -181,6 +186,14 @@ impl RawDnslogConfig {
             );
         }
 
+        let route = self.route.clone();
+        if route.as_ref().is_some_and(|route| route.trim().is_empty()) {
+            problems.push(
+                "dnslog.route",
+                "empty route: remove the key to use the default channel, or name a route of `discord.routes`",
+            );
+        }
+
         if !problems.0.is_empty() {
             return Err(problems.0);
         }
@@ -189,6 +202,7 @@ impl RawDnslogConfig {
             devices,
             retention_days,
             max_names_per_day,
+            route,
         })
     }
 }
