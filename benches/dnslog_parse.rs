@@ -19,8 +19,16 @@ use almagest::dnslog::wrapper::unwrap;
 
 fn main() -> io::Result<()> {
     // `cargo bench` appends `--bench`; everything else is ours.
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["generate", path] => generate(path, 1_000_000),
         ["generate", path, lines] => generate(path, lines.parse().map_err(io::Error::other)?),
         ["parse", path] => parse_file(path),
@@ -117,7 +125,13 @@ fn generate(path: &str, lines: u64) -> io::Result<()> {
         .map(|i| format!("192.168.1.{}", 10 + i))
         .chain((0..5).map(|i| format!("[2001:db8:1:2:{:x}::{:x}]", 0xa000 + i, i + 1)))
         .collect();
-    let zones = ["example.com", "example.net", "cdn.example.org", "home.arpa", "example.io"];
+    let zones = [
+        "example.com",
+        "example.net",
+        "cdn.example.org",
+        "home.arpa",
+        "example.io",
+    ];
     for _ in 0..lines {
         let roll = random.below(1000);
         if roll < 30 {
@@ -167,7 +181,9 @@ fn write_other_line(out: &mut impl Write, random: &mut Random) -> io::Result<()>
     let line = match random.below(6) {
         0 => "[INFO] Reloading",
         1 => "[INFO] plugin/reload: Running configuration SHA512 = 5d1f0c3e9a7b",
-        2 => "[ERROR] plugin/errors: 2 example.org. A: read udp 10.244.0.5:41219->192.0.2.53:53: i/o timeout",
+        2 => {
+            "[ERROR] plugin/errors: 2 example.org. A: read udp 10.244.0.5:41219->192.0.2.53:53: i/o timeout"
+        }
         3 => "[WARNING] 3 errors like '^read udp .* i/o timeout$' occurred in last 30s",
         4 => "CoreDNS-1.11.3",
         _ => "[INFO] 192.168.1.42:61022 - 4711 \"A IN www.exa",

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::parse::Query;
-use crate::bus::Names;
 use super::time::{Day, Timestamp};
+use crate::bus::Names;
 
 /// Distinct counters kept in memory before [`Aggregator::is_full`] reports a flush is due, which
 /// bounds memory to a few MB (about 100 bytes per counter) however many distinct names a
@@ -392,7 +392,10 @@ mod tests {
             kind: SetKind::Clients,
             day: on,
         };
-        assert_eq!(clients.redis_key(&Names::new("p")), "p:dns:clients:2026-08-21");
+        assert_eq!(
+            clients.redis_key(&Names::new("p")),
+            "p:dns:clients:2026-08-21"
+        );
     }
 
     #[test]

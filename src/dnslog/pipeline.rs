@@ -30,14 +30,14 @@ use super::presence::{DeviceState, Presence, Transition, TransitionKind};
 use super::source::command::Backoff;
 use super::source::file::POLL_INTERVAL;
 use super::source::{
-    Batch, Checkpoint, CommandSource, FileSource, FileStart, SourceId, follow_file,
-    read_stream, run_command,
+    Batch, Checkpoint, CommandSource, FileSource, FileStart, SourceId, follow_file, read_stream,
+    run_command,
 };
 use super::store;
 use super::time::Timestamp;
 use crate::bus::wire::Notification;
 use crate::bus::{Bus, BusError, Write};
-use crate::torrent::notice::{format_duration, inert};
+use crate::torrent::notice::format_duration;
 
 /// Batches waiting between the sources and the loop. A batch holds at most about 10,000
 /// lines, so 16 bound the queue to a few tens of MB in the worst case.
@@ -181,7 +181,9 @@ impl Pipeline {
 
         let mut checkpoints = Vec::with_capacity(self.config.sources.len());
         for source in &self.config.sources {
-            let fields = backend.hash_get_all(&names.dnslog_offset(&source.name)).await?;
+            let fields = backend
+                .hash_get_all(&names.dnslog_offset(&source.name))
+                .await?;
             let checkpoint = store::parse_checkpoint(&fields);
             if checkpoint.is_none() && !fields.is_empty() {
                 tracing::warn!(source = %source.name, "ignored an invalid stored source position");
@@ -401,7 +403,8 @@ impl Pipeline {
     }
 }
 
-/// The notice for an arrival: "sam-phone (Sam) is home, after 2 h 5 min away."
+/// The notice for an arrival: "sam-phone (Sam) is home, after 2 h 5 min away." Names and
+/// owners come from the config as written, so they are not escaped.
 fn arrival_notice(
     device: &str,
     owner: Option<&str>,
@@ -409,8 +412,8 @@ fn arrival_notice(
     route: Option<String>,
 ) -> Notification {
     let who = match owner {
-        Some(owner) => format!("{} ({})", inert(device), inert(owner)),
-        None => inert(device),
+        Some(owner) => format!("{device} ({owner})"),
+        None => device.to_string(),
     };
     let away = format_duration(Duration::from_millis(transition.away_ms));
     let mut notification = Notification::text(format!("{who} is home, after {away} away."))

@@ -5,6 +5,7 @@ mod builder;
 mod control;
 mod core;
 mod discord;
+mod dnslog;
 mod drop_folder;
 mod support;
 mod torrent;

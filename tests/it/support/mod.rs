@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod control;
+pub mod dnslog;
 pub mod fake_api;
 pub mod fake_discord;
 pub mod fake_github;
