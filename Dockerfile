@@ -2,6 +2,7 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY benches ./benches
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked && rm -rf src
 COPY src ./src
@@ -15,9 +16,12 @@ RUN apt-get update \
     && useradd --system --uid 10001 --home-dir /var/lib/almagest --create-home almagest
 COPY --from=build /src/target/release/almagest /usr/local/bin/almagest
 COPY config/almagest.toml /etc/almagest/almagest.toml
-# In a container the bus is the Redis sidecar.
+# In a container the bus is the Redis sidecar. The API, when the config has an [api]
+# section, listens on every interface by default; this variable does not enable it.
 ENV ALMAGEST__BUS__BACKEND=redis \
-    ALMAGEST__REDIS__URL=redis://127.0.0.1:6379
+    ALMAGEST__REDIS__URL=redis://127.0.0.1:6379 \
+    ALMAGEST_API_DEFAULT_LISTEN=0.0.0.0:8411
+EXPOSE 8411
 USER almagest
 WORKDIR /var/lib/almagest
 ENTRYPOINT ["/usr/local/bin/almagest", "--config", "/etc/almagest/almagest.toml"]

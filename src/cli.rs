@@ -209,9 +209,10 @@ pub async fn publish(
 }
 
 impl Config {
-    /// Whether messages for `stub` are also kept in the capped stream `P:qs:<stub>`.
-    pub fn is_durable_stub(&self, _stub: &Stub) -> bool {
-        false
+    /// Whether messages for `stub` are also kept in the capped stream `P:qs:<stub>`: the
+    /// stub matches a glob of `api.durable_stubs`.
+    pub fn is_durable_stub(&self, stub: &Stub) -> bool {
+        self.api.as_ref().is_some_and(|api| api.is_durable(stub))
     }
 }
 

@@ -333,20 +333,15 @@ impl RedisConfig {
                         ),
                     );
                 }
-                if let Some(inline) = parsed.password() {
+                if let Some(inline) = take_url_password(&mut parsed) {
                     if password.is_some() {
                         problems.push(
                             "redis.url",
                             "the URL carries a password and redis.password is set too: keep one",
                         );
                     } else {
-                        let decoded = url::form_urlencoded::parse(format!("p={inline}").as_bytes())
-                            .next()
-                            .map(|(_, value)| value.into_owned())
-                            .unwrap_or_default();
-                        password = Some(Secret(decoded));
+                        password = Some(Secret(inline));
                     }
-                    let _ = parsed.set_password(None);
                     url = parsed.to_string();
                 }
             }
@@ -370,6 +365,37 @@ impl RedisConfig {
             response_timeout_ms: raw.response_timeout_ms,
         }
     }
+}
+
+/// Removes the password from a Redis URL and returns it decoded. TCP URLs carry it as
+/// `redis://:PASSWORD@host`, unix socket URLs as `redis+unix:///path?pass=PASSWORD`.
+fn take_url_password(url: &mut url::Url) -> Option<String> {
+    let mut password = url.password().map(|inline| {
+        url::form_urlencoded::parse(format!("p={inline}").as_bytes())
+            .next()
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_default()
+    });
+    if password.is_some() {
+        let _ = url.set_password(None);
+    }
+    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    if pairs.iter().any(|(name, _)| name == "pass") {
+        let mut kept = Vec::new();
+        for (name, value) in pairs {
+            if name == "pass" {
+                password = Some(value);
+            } else {
+                kept.push((name, value));
+            }
+        }
+        if kept.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(kept);
+        }
+    }
+    password
 }
 
 /// Restart policy of the services supervisor and the shutdown deadline.
@@ -428,6 +454,7 @@ struct RawConfig {
     discord: Option<crate::discord::config::RawDiscordConfig>,
     torrent: Option<crate::torrent::config::RawTorrentConfig>,
     builder: Option<crate::builder::config::RawBuilderConfig>,
+    api: Option<crate::api::config::RawApiConfig>,
     dnslog: Option<crate::dnslog::config::RawDnslogConfig>,
 }
 
@@ -449,6 +476,7 @@ pub struct Config {
     pub torrent: Option<crate::torrent::config::TorrentConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub builder: Option<crate::builder::config::BuilderConfig>,
+    pub api: Option<crate::api::config::ApiConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dnslog: Option<crate::dnslog::config::DnslogConfig>,
 }
@@ -525,6 +553,7 @@ impl Config {
         let discord = raw.discord.map(|section| section.validate(problems, ctx));
         let torrent = raw.torrent.map(|section| section.validate(problems, ctx));
         let builder = raw.builder.map(|section| section.validate(problems, ctx));
+        let api = raw.api.map(|section| section.validate(problems, ctx));
         let dnslog = raw.dnslog.and_then(|section| {
             section
                 .validate()
@@ -545,6 +574,7 @@ impl Config {
             discord,
             torrent,
             builder,
+            api,
             dnslog,
         }
     }
@@ -563,6 +593,9 @@ impl Config {
         }
         if self.builder.is_some() {
             names.push(crate::builder::NAME);
+        }
+        if self.api.is_some() {
+            names.push(crate::api::NAME);
         }
         if self.dnslog.is_some() {
             names.push(crate::dnslog::NAME);
@@ -905,6 +938,14 @@ mod tests {
         let printed = config.to_masked_toml();
         assert!(!printed.contains("p@ss"), "{printed}");
         assert!(!printed.contains("p%40ss"), "{printed}");
+    }
+
+    #[test]
+    fn unix_url_password_moved() {
+        let config =
+            parse("[redis]\nurl = \"redis+unix:///run/r.sock?db=2&pass=s%26cret\"").unwrap();
+        assert_eq!(config.redis.password.as_ref().unwrap().expose(), "s&cret");
+        assert_eq!(config.redis.url, "redis+unix:///run/r.sock?db=2");
     }
 
     #[test]

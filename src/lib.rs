@@ -6,12 +6,15 @@
 //! root@I (rest-for-one)                    src/supervisor.rs
 //!  ├── gateway@I                           src/bus/gateway.rs: backend, subscription routing
 //!  └── services@I (one-for-one, capped)
-//!       └── control@I …                    src/control/, one folder per service
+//!       ├── control@I                      src/control/, one folder per service
+//!       ├── discord@I, torrent@I, builder@I
+//!       └── api@I                          src/api/: the HTTP API
 //! ```
 //!
 //! `I` is `bus.instance`, so several daemons can share a process (tests do) or a Redis.
 //! [`run`] starts the tree and stops it when the shutdown future completes.
 
+pub mod api;
 pub mod builder;
 pub mod bus;
 pub mod cli;
@@ -86,6 +89,13 @@ fn service_specs(config: &Arc<Config>, bus: &Bus) -> Vec<ChildSpec> {
     if let Some(builder) = &config.builder {
         specs.push(supervisor::service_spec::<builder::Builder>(
             builder.clone(),
+            config,
+            bus,
+        ));
+    }
+    if let Some(api) = &config.api {
+        specs.push(supervisor::service_spec::<api::Api>(
+            api.clone(),
             config,
             bus,
         ));

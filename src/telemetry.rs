@@ -4,18 +4,42 @@
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// Libraries that log a warning on every retry of something the services already report
+/// once, muted unless the filter names them: serenity logs each failed gateway connection
+/// attempt, every few seconds while Discord is unreachable.
+const QUIET_BY_DEFAULT: &[&str] = &["serenity"];
+
+/// The filter directives: `RUST_LOG` when set, else `level`, plus an `error` directive for each
+/// target of [`QUIET_BY_DEFAULT`] that the filter does not name.
+pub fn filter_directives(rust_log: Option<&str>, level: &str) -> String {
+    let mut directives = rust_log.unwrap_or(level).to_string();
+    for target in QUIET_BY_DEFAULT {
+        if !directives.contains(target) {
+            directives.push_str(&format!(",{target}=error"));
+        }
+    }
+    directives
+}
+/// Bucket bounds, in seconds, of every histogram whose name ends in `_seconds`: from a
+/// sub-millisecond publish on loopback to a request/reply that waits for a slow worker.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// Sets up logging to standard error. `RUST_LOG`, when set, takes precedence over `level`.
 pub fn init_logging(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let rust_log = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|value| !value.is_empty());
+    let filter = EnvFilter::try_new(filter_directives(rust_log.as_deref(), level))
+        .unwrap_or_else(|_| EnvFilter::new(filter_directives(None, "info")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -58,11 +82,18 @@ pub fn install_panic_hook() {
 
 /// Installs the Prometheus recorder behind the `metrics` facade, once per process.
 pub fn install_metrics_recorder() {
-    PROMETHEUS.get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-        Ok(handle) => Some(handle),
-        Err(error) => {
-            tracing::warn!(error = %error, "metrics recorder not installed");
-            None
+    PROMETHEUS.get_or_init(|| {
+        // Without buckets the exporter renders histograms as summaries, which cannot be
+        // aggregated across instances.
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+            .expect("the latency bucket list is not empty");
+        match builder.install_recorder() {
+            Ok(handle) => Some(handle),
+            Err(error) => {
+                tracing::warn!(error = %error, "metrics recorder not installed");
+                None
+            }
         }
     });
 }
@@ -79,4 +110,18 @@ pub fn render_metrics() -> Option<String> {
 /// graph through different crates, and rustls refuses to pick one by itself.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serenity_muted_unless_named() {
+        assert_eq!(filter_directives(None, "info"), "info,serenity=error");
+        assert_eq!(
+            filter_directives(Some("debug,serenity=info"), "info"),
+            "debug,serenity=info"
+        );
+    }
 }

@@ -587,7 +587,7 @@ async fn run_link(shared: Arc<Shared>, url: String) {
     let mut outage_started: Option<Instant> = None;
     loop {
         match connect(&shared).await {
-            Ok((connections, sink, stream)) => {
+            Ok(ready) => {
                 let connected_at = Instant::now();
                 match outage_started.take() {
                     Some(started) => {
@@ -601,7 +601,7 @@ async fn run_link(shared: Arc<Shared>, url: String) {
                     }
                     None => tracing::info!(url = %url, "connected to redis"),
                 }
-                let lost = serve(&shared, connections, sink, stream).await;
+                let lost = serve(&shared, ready).await;
                 tracing::warn!(url = %url, reason = %lost, "redis connection lost; reconnecting");
                 outage_started = Some(Instant::now());
                 if connected_at.elapsed() >= PROVEN_HEALTHY_AFTER {
@@ -629,9 +629,18 @@ fn reconnect_delay(failed_attempts: u32) -> Duration {
     (RECONNECT_FIRST_DELAY * 2u32.pow(doublings)).min(RECONNECT_MAX_DELAY)
 }
 
-type Subscription = (Connections, PubSubSink, redis::aio::PubSubStream);
+/// A link whose connections all answered and whose topics are subscribed.
+struct Ready {
+    connections: Connections,
+    sink: PubSubSink,
+    stream: redis::aio::PubSubStream,
+    subscribed: BTreeSet<Topic>,
+}
 
-async fn connect(shared: &Shared) -> Result<Subscription, RedisError> {
+/// Connects all three connections and subscribes the current topics. A server that accepts
+/// the socket but rejects commands (`NOAUTH`, `LOADING`) fails here, so it counts as
+/// unreachable and is logged once, not as a connection that keeps being lost.
+async fn connect(shared: &Shared) -> Result<Ready, RedisError> {
     let command_config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(shared.response_timeout));
@@ -639,28 +648,38 @@ async fn connect(shared: &Shared) -> Result<Subscription, RedisError> {
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(BLOCKING_RESPONSE_TIMEOUT));
     let client = &shared.client;
-    let commands = client
+    let mut commands = client
         .get_multiplexed_async_connection_with_config(&command_config)
         .await?;
+    redis::cmd("PING").query_async::<()>(&mut commands).await?;
     let blocking = client
         .get_multiplexed_async_connection_with_config(&blocking_config)
         .await?;
     let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
         .await
         .map_err(|_| RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;
-    let (sink, stream) = pubsub.split();
-    Ok((Connections { commands, blocking }, sink, stream))
+    let (mut sink, stream) = pubsub.split();
+    let mut subscribed = BTreeSet::new();
+    let wanted = shared.topics.borrow().clone();
+    apply_topics(&mut sink, &mut subscribed, &wanted).await?;
+    Ok(Ready {
+        connections: Connections { commands, blocking },
+        sink,
+        stream,
+        subscribed,
+    })
 }
 
 /// Serves a connected link until it fails.
-async fn serve(
-    shared: &Shared,
-    connections: Connections,
-    mut sink: PubSubSink,
-    mut stream: redis::aio::PubSubStream,
-) -> LinkLost {
+async fn serve(shared: &Shared, ready: Ready) -> LinkLost {
+    let Ready {
+        connections,
+        mut sink,
+        mut stream,
+        mut subscribed,
+    } = ready;
+    // Topics may have changed since `connect` read them.
     let mut topics_rx = shared.topics.subscribe();
-    let mut subscribed = BTreeSet::new();
     let wanted = topics_rx.borrow_and_update().clone();
     if let Err(error) = apply_topics(&mut sink, &mut subscribed, &wanted).await {
         return LinkLost::SubscribeFailed(error.to_string());

@@ -413,3 +413,41 @@ async fn publish_fails_at_once_while_redis_down() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_password_logged_once() {
+    let mut redis = RedisServer::prepare(&["--save", "", "--appendonly", "no"]);
+    redis.launch_with_password("right");
+    let text = config_text(&redis.url(), &format!("{CONTROL}\n"));
+    let text = text.replace("[redis]\n", "[redis]\npassword = \"wrong\"\n");
+    let daemon = DaemonProcess::spawn(&text);
+    wait_until(WAIT, "the daemon reports Redis unreachable", || async {
+        daemon.log_count("cannot connect to redis") > 0
+    })
+    .await;
+    // Several reconnect attempts happen in these seconds; none may look like a working link.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        daemon.log_count("cannot connect to redis"),
+        1,
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(
+        daemon.log_count("connected to redis"),
+        0,
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(
+        daemon.log_count("redis connection lost"),
+        0,
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        !daemon.log().contains("wrong\""),
+        "the password leaked: {}",
+        daemon.log()
+    );
+}

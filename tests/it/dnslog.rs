@@ -333,7 +333,6 @@ async fn restart_announces_no_false_arrival() {
     );
     let daemon = Daemon::start(parse_config(&text));
     let names = daemon.names();
-    let prefix = names.prefix().to_string();
     let events = Subscription::start(&redis.client(), &names.events("dnslog")).await;
     append(
         &log,

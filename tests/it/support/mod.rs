@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod api;
 pub mod control;
 pub mod dnslog;
 pub mod fake_api;

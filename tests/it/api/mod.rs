@@ -1,0 +1,7 @@
+//! The HTTP API against a real redis-server, over real HTTP on loopback.
+
+mod auth;
+mod lifecycle;
+mod publish;
+mod rproxy;
+mod webhook;
