@@ -5,12 +5,13 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::api::{ADMIN_TOKEN, Api, api_section, json_body};
 use crate::support::dnslog::{
     append, device_state, dnslog_section, domain_counts, file_source, hash, keys, now_rfc3339,
     query_line, sorted_set,
 };
 use crate::support::{
-    Daemon, RedisServer, Subscription, WAIT, config_text, parse_config, wait_until,
+    Daemon, RedisServer, Subscription, WAIT, config_text, parse_config, wait_for, wait_until,
 };
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/coredns");
@@ -416,4 +417,73 @@ async fn privacy_addresses_are_one_device() {
     let state = device_state(&redis, &prefix, "sam-phone").await.unwrap();
     assert_eq!(state["last_ip"], "2001:db8:1:2:9f8e:7d6c:5b4a:2");
     daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_serves_dnslog_rankings() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("query.log");
+    let mut text = String::new();
+    for (second, client, name) in [
+        (1, "10.0.0.2", "a.example."),
+        (2, "10.0.0.2", "A.Example."),
+        (3, "10.0.0.2", "a.example."),
+        (4, "10.0.0.2", "b.example."),
+        (5, "2001:db8::5", "c.example."),
+    ] {
+        text.push_str(&query_line(&at(second), client, name));
+    }
+    append(&log, &text);
+    let sections = format!(
+        "{}\n{}",
+        api_section(""),
+        dnslog_section(&[file_source(&log)], "")
+    );
+    let api = Api::start(&redis, &sections).await;
+
+    let clients = wait_for(WAIT, "both clients are ranked", || async {
+        let response = api
+            .get(&format!("/api/dns/clients?day={DAY}"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .ok()?;
+        let body = json_body(response).await;
+        (body["clients"].as_array()?.len() == 2).then_some(body)
+    })
+    .await;
+    assert_eq!(
+        clients["clients"],
+        serde_json::json!([
+            {"client": "10.0.0.2", "queries": 4},
+            {"client": "2001:db8::5", "queries": 1},
+        ])
+    );
+
+    // Names are compared case-insensitively, and an address may be written in any form.
+    let top = api
+        .get(&format!("/api/dns/top?client=10.0.0.2&day={DAY}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        json_body(top).await["domains"],
+        serde_json::json!([
+            {"domain": "a.example", "queries": 3},
+            {"domain": "b.example", "queries": 1},
+        ])
+    );
+    let top = api
+        .get(&format!("/api/dns/top?client=2001:DB8:0::5&day={DAY}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        json_body(top).await["domains"],
+        serde_json::json!([{"domain": "c.example", "queries": 1}])
+    );
+    api.daemon.stop().await.unwrap();
 }
