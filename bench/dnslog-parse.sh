@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measures the CoreDNS query log parser on a generated log (1,000,000 lines unless LINES
-# says otherwise), next to `wc -l` and `grep -c INFO` on the same file in the same run:
+# sets another count), next to `wc -l` and `grep -c INFO` on the same file in the same run:
 # the I/O floor. Prints each tool's time (hyperfine, mean of 5 runs after a warm-up) and
 # peak RSS (GNU time). Needs hyperfine and /usr/bin/time.
 set -euo pipefail
@@ -22,14 +22,16 @@ echo "log: $LOG, $(wc -l <"$LOG") lines, $(du -h "$LOG" | cut -f1)"
 echo "machine: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
 echo
 
-hyperfine --warmup 1 --runs 5 --style basic \
+# Output goes through a pipe: GNU grep stops at the first match when it writes to /dev/null.
+hyperfine --warmup 1 --runs 5 --style basic --output=pipe \
     "wc -l $LOG" \
     "grep -c INFO $LOG" \
     "$bin parse $LOG"
 echo
 
 for command in "wc -l $LOG" "grep -c INFO $LOG" "$bin parse $LOG"; do
-    peak=$(/usr/bin/time -f %M $command 2>&1 >/dev/null | tail -1)
+    /usr/bin/time -f %M -o "$LOG.rss" $command | cat >/dev/null
+    peak=$(tail -1 "$LOG.rss")
     echo "peak RSS ${peak} KiB: ${command/$bin/dnslog_parse}"
 done
 echo

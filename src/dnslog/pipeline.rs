@@ -3,8 +3,8 @@
 //!
 //! Phases:
 //!
-//! 1. Load what is stored (device states, each source's resume point), retrying until the
-//!    bus answers, because only a source with no stored point may start at the end.
+//! 1. Load what is stored (device states, each source's resume point), retrying until Redis is
+//!    reachable, because only a source with no stored point may start at the end.
 //! 2. Start the sources. They send batches into a bounded channel.
 //! 3. Parse every line, count it, and feed presence. Once a second (or sooner when the
 //!    counts grow large) write the counts, the sources' resume points and the changed device
@@ -39,9 +39,10 @@ use crate::bus::wire::Notification;
 use crate::bus::{Bus, BusError, Write};
 use crate::torrent::notice::format_duration;
 
-/// Batches waiting between the sources and the loop. A batch holds at most about 10,000
-/// lines, so 16 bound the queue to a few tens of MB in the worst case.
-const SOURCE_QUEUE: usize = 16;
+/// Batches waiting between the sources and the loop. A file batch is up to 2 MiB of log
+/// (about 18,000 query lines, some 3 MB in memory), so 4 keep the queue near 12 MB while
+/// still letting a source read ahead of a write.
+const SOURCE_QUEUE: usize = 4;
 /// Time between flushes: counts show up within a second, and one transaction a second is
 /// negligible load for Redis.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -305,6 +306,8 @@ impl Pipeline {
         let Some(unsent) = &self.unsent else {
             return true;
         };
+        // NOTE: a connection lost after Redis ran `EXEC` but before its reply arrived looks
+        // like a failure, and the retry then counts the same lines a second time.
         let result = match self.bus.backend() {
             Ok(backend) => backend.apply(unsent.writes.clone()).await,
             Err(error) => Err(error),
@@ -403,20 +406,20 @@ impl Pipeline {
     }
 }
 
-/// The notice for an arrival: "sam-phone (Sam) is home, after 2 h 5 min away." Names and
-/// owners come from the config as written, so they are not escaped.
+/// Builds the notice for an arrival: "sam-phone (Sam) is home, after 2 h 5 min away." Names
+/// and owners come from the config as written, so they are not escaped.
 fn arrival_notice(
     device: &str,
     owner: Option<&str>,
     transition: &Transition,
     route: Option<String>,
 ) -> Notification {
-    let who = match owner {
+    let label = match owner {
         Some(owner) => format!("{device} ({owner})"),
         None => device.to_string(),
     };
     let away = format_duration(Duration::from_millis(transition.away_ms));
-    let mut notification = Notification::text(format!("{who} is home, after {away} away."))
+    let mut notification = Notification::text(format!("{label} is home, after {away} away."))
         .with_title("Arrived home")
         .with_source(NAME)
         .with_field("Address", transition.ip.to_string());

@@ -2,8 +2,8 @@
 //!
 //! The actor owns one [`Pipeline`] task behind a drop guard, so a restarted service leaves
 //! no source or command behind. The task does all the work (sources, parsing, counts,
-//! presence, writes); the actor passes it the bus status and, on a graceful stop, asks it to
-//! write what it has counted before it ends.
+//! presence, writes); the actor passes it the bus status. On a graceful stop it signals the
+//! task to write what it has counted, and waits for that.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use super::pipeline::Pipeline;
 use crate::service::{Context, Service, ServiceError};
 
 /// How long a graceful stop waits for the last write. One pipelined write takes
-/// milliseconds; a Redis that does not answer within this is treated as down.
+/// milliseconds; a Redis that does not reply within this is treated as down.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Dnslog;

@@ -4,7 +4,7 @@
 //!   `P:dns:client:<ip>:<day>`, incremented with `ZINCRBY`, cut to the highest
 //!   `max_names_per_day` members, expiring `retention_days` after their day ends.
 //! - `P:dnslog:offset:<source>`: a hash with the source's resume point. A file stores
-//!   `kind = file` with its device, inode, offset and head fingerprint; a command stores
+//!   `kind = file` with its device, inode, offset and head fingerprint. A command stores
 //!   `kind = command` with the newest line time it printed and the fingerprints of the lines
 //!   carrying that time.
 //! - `P:dns:devices`: field = device name, value = [`DeviceState`] as JSON.
@@ -19,7 +19,7 @@ use crate::bus::{Names, Write};
 
 /// Appends the writes of a count batch: increments, the cut to `max_members` and the expiry
 /// of every set. Sets whose expiry is already past (a day replayed from an old log) are left
-/// out, so they are not created only to expire at once; returns how many were.
+/// out, so that they are not created only to expire at once. Returns how many were left out.
 pub fn count_writes(
     names: &Names,
     batch: &CountBatch,
@@ -180,6 +180,16 @@ mod tests {
         assert!(writes.is_empty());
     }
 
+    /// Stores a checkpoint as hash fields and reads it back.
+    fn round_trip(checkpoint: &Checkpoint) -> Option<Checkpoint> {
+        let [_, Write::HashSet { fields, .. }] =
+            checkpoint_writes(&Names::new("p"), "a", checkpoint)
+        else {
+            panic!("expected a delete and a hash write");
+        };
+        parse_checkpoint(&fields)
+    }
+
     #[test]
     fn file_checkpoint_round_trips() {
         let checkpoint = Checkpoint::File(FilePosition {
@@ -191,12 +201,7 @@ mod tests {
                 hash: 0xdead_beef,
             },
         });
-        let [_, Write::HashSet { fields, .. }] =
-            checkpoint_writes(&Names::new("p"), "a", &checkpoint)
-        else {
-            panic!("expected a delete and a hash write");
-        };
-        assert_eq!(parse_checkpoint(&fields), Some(checkpoint));
+        assert_eq!(round_trip(&checkpoint), Some(checkpoint));
     }
 
     #[test]
@@ -205,12 +210,7 @@ mod tests {
             newest: Some(Timestamp::from_unix_nanos(1_700_000_000_123_456_789)),
             hashes: vec![1, u64::MAX],
         });
-        let [_, Write::HashSet { fields, .. }] =
-            checkpoint_writes(&Names::new("p"), "a", &checkpoint)
-        else {
-            panic!("expected a delete and a hash write");
-        };
-        assert_eq!(parse_checkpoint(&fields), Some(checkpoint));
+        assert_eq!(round_trip(&checkpoint), Some(checkpoint));
     }
 
     #[test]

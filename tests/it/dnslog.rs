@@ -419,6 +419,18 @@ async fn privacy_addresses_are_one_device() {
     daemon.stop().await.unwrap();
 }
 
+/// Returns the `domains` of `GET /api/dns/top` for `client` on [`DAY`].
+async fn top_domains(api: &Api, client: &str) -> serde_json::Value {
+    let response = api
+        .get(&format!("/api/dns/top?client={client}&day={DAY}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    json_body(response).await["domains"].clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_serves_dnslog_rankings() {
     let redis = RedisServer::start();
@@ -462,27 +474,15 @@ async fn api_serves_dnslog_rankings() {
     );
 
     // Names are compared case-insensitively, and an address may be written in any form.
-    let top = api
-        .get(&format!("/api/dns/top?client=10.0.0.2&day={DAY}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        json_body(top).await["domains"],
+        top_domains(&api, "10.0.0.2").await,
         serde_json::json!([
             {"domain": "a.example", "queries": 3},
             {"domain": "b.example", "queries": 1},
         ])
     );
-    let top = api
-        .get(&format!("/api/dns/top?client=2001:DB8:0::5&day={DAY}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        json_body(top).await["domains"],
+        top_domains(&api, "2001:DB8:0::5").await,
         serde_json::json!([{"domain": "c.example", "queries": 1}])
     );
     api.daemon.stop().await.unwrap();

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::RedisServer;
 
-/// A `[dnslog]` section with `sources` (TOML inline tables) and `devices` (TOML text of
+/// Returns a `[dnslog]` section with `sources` (TOML inline tables) and `devices` (TOML text of
 /// `[[dnslog.devices]]` tables). Counts are kept ten years, so that fixed line dates stay.
 pub fn dnslog_section(sources: &[String], devices: &str) -> String {
     format!(
@@ -15,7 +15,7 @@ pub fn dnslog_section(sources: &[String], devices: &str) -> String {
     )
 }
 
-/// A file source read from its beginning.
+/// Returns a file source that is read from its beginning.
 pub fn file_source(path: &Path) -> String {
     format!(
         "{{ file = {:?}, start_at = \"beginning\" }}",
@@ -23,7 +23,7 @@ pub fn file_source(path: &Path) -> String {
     )
 }
 
-/// A query log line as CoreDNS 1.2.6–1.6.2 prints it: its own RFC 3339 time first.
+/// Formats a query log line as CoreDNS 1.2.6–1.6.2 prints it: its own RFC 3339 time first.
 /// `client` is an address; IPv6 addresses are bracketed here.
 pub fn query_line(at: &str, client: &str, name: &str) -> String {
     let client = if client.contains(':') {
@@ -36,7 +36,7 @@ pub fn query_line(at: &str, client: &str, name: &str) -> String {
     )
 }
 
-/// The current time in RFC 3339 with milliseconds.
+/// Returns the current time in RFC 3339 with milliseconds.
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -52,7 +52,7 @@ pub fn append(path: &Path, text: &str) {
         .expect("append to the query log");
 }
 
-/// Members and scores of one sorted set.
+/// Reads the members and scores of one sorted set.
 pub async fn sorted_set(redis: &RedisServer, key: &str) -> BTreeMap<String, f64> {
     let mut connection = redis.connection().await;
     let members: Vec<(String, f64)> = redis::cmd("ZRANGE")
@@ -66,7 +66,7 @@ pub async fn sorted_set(redis: &RedisServer, key: &str) -> BTreeMap<String, f64>
     members.into_iter().collect()
 }
 
-/// Keys matching a glob pattern (the test's own server, so `KEYS` is fine).
+/// Lists the keys matching a glob pattern (the test's own server, so `KEYS` is fine).
 pub async fn keys(redis: &RedisServer, pattern: &str) -> Vec<String> {
     let mut connection = redis.connection().await;
     let mut keys: Vec<String> = redis::cmd("KEYS")
@@ -78,7 +78,7 @@ pub async fn keys(redis: &RedisServer, pattern: &str) -> Vec<String> {
     keys
 }
 
-/// Per-domain counts summed over every day.
+/// Sums the per-domain counts over every day.
 pub async fn domain_counts(redis: &RedisServer, prefix: &str) -> BTreeMap<String, f64> {
     let mut total = BTreeMap::new();
     for key in keys(redis, &format!("{prefix}:dns:domains:*")).await {
@@ -89,7 +89,7 @@ pub async fn domain_counts(redis: &RedisServer, prefix: &str) -> BTreeMap<String
     total
 }
 
-/// A stored device state, parsed.
+/// Reads a stored device state as JSON.
 pub async fn device_state(
     redis: &RedisServer,
     prefix: &str,
@@ -105,7 +105,7 @@ pub async fn device_state(
     text.and_then(|text| serde_json::from_str(&text).ok())
 }
 
-/// Fields of a hash.
+/// Reads the fields of a hash.
 pub async fn hash(redis: &RedisServer, key: &str) -> BTreeMap<String, String> {
     let mut connection = redis.connection().await;
     redis::cmd("HGETALL")
