@@ -109,6 +109,18 @@ impl Client {
 
     /// Sends ping `id` and returns the pongs (service -> restarts) received within `wait`.
     async fn ping(&mut self, id: &str, wait: Duration, expect: usize) -> HashMap<String, u64> {
+        self.ping_matching(id, id, wait, expect).await
+    }
+
+    /// Sends ping `id` and returns the pongs (service -> restarts) received within `wait` whose
+    /// id starts with `answers_to`, so late answers to earlier pings of a series count too.
+    async fn ping_matching(
+        &mut self,
+        id: &str,
+        answers_to: &str,
+        wait: Duration,
+        expect: usize,
+    ) -> HashMap<String, u64> {
         let ping = serde_json::json!({"type":"ping","id":id,"reply_to":self.reply_to});
         self.publish(ping.to_string()).await;
         let mut answers = HashMap::new();
@@ -117,7 +129,8 @@ impl Client {
             let Ok(Some(pong)) = tokio::time::timeout_at(deadline, self.pongs.next()).await else {
                 break;
             };
-            if pong["id"] == id {
+            let pong_id = pong["id"].as_str().unwrap_or_default();
+            if pong_id == id || (answers_to != id && pong_id.starts_with(answers_to)) {
                 let service = pong["service"].as_str().unwrap_or_default().to_string();
                 answers.insert(service, pong["restarts"].as_u64().unwrap_or_default());
             }
@@ -131,7 +144,7 @@ async fn main() {
     almagest::telemetry::install_crypto_provider();
     let redis = Redis::start();
     let text = format!(
-        "[bus]\ninstance = \"bench\"\nprefix = \"bench\"\n[redis]\nurl = \"{}\"\n\
+        "[bus]\nbackend = \"redis\"\ninstance = \"bench\"\nprefix = \"bench\"\n[redis]\nurl = \"{}\"\n\
          [supervisor]\nmax_restarts = 1000\nwindow_secs = 1\n\
          [control]\nping_interval_secs = 3600\nallow_crash_command = true\n",
         redis.url
@@ -172,11 +185,23 @@ async fn main() {
         loop {
             probe += 1;
             let answers = client
-                .ping(&format!("c{crash}-{probe}"), Duration::from_millis(5), 1)
+                .ping_matching(
+                    &format!("c{crash}-{probe}"),
+                    &format!("c{crash}-"),
+                    Duration::from_millis(5),
+                    2,
+                )
                 .await;
-            if answers.get("control") == Some(&expected) {
+            if answers
+                .get("control")
+                .is_some_and(|restarts| *restarts >= expected)
+            {
                 break;
             }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "control did not answer after crash {crash}: last answers {answers:?}"
+            );
         }
         restarts.push(started.elapsed());
     }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # An rproxy worker: replies to the HTTP requests that the Almagest API publishes for one stub.
-# Copy it and change handle() to do real work; this one echoes the request body back.
+# Copy it and change handle() to do real work; this one echoes the request body back. It needs
+# the Redis backend (bus.backend = "redis"), because it subscribes with redis-cli.
 #
 #   examples/rproxy-worker.sh wiki
 #   curl -H "Authorization: Bearer $TOKEN" -d hello http://127.0.0.1:8411/api/rproxy/wiki
@@ -35,18 +36,28 @@ handle() {
   }'
 }
 
-# redis-cli --json prints each message as one line: ["message", CHANNEL, PAYLOAD].
-"${redis[@]}" --json SUBSCRIBE "$prefix:q:$stub" |
-  while IFS= read -r line; do
-    # Skip the subscribe confirmation and plain messages published for the same stub.
-    request=$(jq -c 'select(type == "array" and .[0] == "message") | .[2] | fromjson?
-                     | select(type == "object" and .type == "http.request")' \
-      <<<"$line" 2>/dev/null) || continue
-    [[ -n $request ]] || continue
-    if ! reply=$(handle <<<"$request"); then
-      reply=$(jq -c '{id, status: 500, body: "the worker failed"}' <<<"$request")
-    fi
-    reply_to=$(jq -r .reply_to <<<"$request")
-    # -x takes the last argument from standard input: replies may exceed the argv limit.
-    printf '%s' "$reply" | "${redis[@]}" -x PUBLISH "$reply_to" >/dev/null
-  done
+# Serves requests until the subscription ends (Redis restarted or unreachable), then
+# subscribes again after a second, so the worker outlives Redis restarts.
+serve() {
+  # redis-cli --json prints each message as one line: ["message", CHANNEL, PAYLOAD].
+  "${redis[@]}" --json SUBSCRIBE "$prefix:q:$stub" |
+    while IFS= read -r line; do
+      # Skip the subscribe confirmation and plain messages published for the same stub.
+      request=$(jq -c 'select(type == "array" and .[0] == "message") | .[2] | fromjson?
+                       | select(type == "object" and .type == "http.request")' \
+        <<<"$line" 2>/dev/null) || continue
+      [[ -n $request ]] || continue
+      if ! reply=$(handle <<<"$request"); then
+        reply=$(jq -c '{id, status: 500, body: "the worker failed"}' <<<"$request")
+      fi
+      reply_to=$(jq -r .reply_to <<<"$request")
+      # -x takes the last argument from standard input: replies may exceed the argv limit.
+      printf '%s' "$reply" | "${redis[@]}" -x PUBLISH "$reply_to" >/dev/null
+    done
+}
+
+while true; do
+  serve || true
+  echo "rproxy-worker: subscription to $prefix:q:$stub ended; subscribing again in 1 s" >&2
+  sleep 1
+done

@@ -1,12 +1,15 @@
 //! The one-shot commands of the CLI: `ping` and `publish`. With the Redis backend they talk to
-//! Redis directly, so they work from any machine that reaches it.
+//! Redis directly, so they work from any machine that reaches it; with the embedded backend
+//! they talk to the running daemon through its admin socket in `bus.data_dir`.
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 
+use crate::bus::admin::{AdminClient, AdminError};
 use crate::bus::wire::{Ping, Pong};
 use crate::bus::{ControlMessage, Names, Stub};
 use crate::config::{BackendKind, Config};
@@ -17,15 +20,13 @@ pub enum CliError {
     #[error("cannot reach redis at {url}: {message}")]
     Redis { url: String, message: String },
     #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
     Stub(#[from] crate::bus::names::InvalidStub),
     #[error("cannot read the message from standard input: {0}")]
     Stdin(std::io::Error),
     #[error("the message is empty: pass it as an argument or on standard input with -")]
     EmptyMessage,
-    #[error(
-        "the {0} backend cannot be reached from another process yet: set bus.backend = \"redis\""
-    )]
-    NoExternalAccess(BackendKind),
 }
 
 /// One answer to `almagest ping`.
@@ -50,44 +51,132 @@ fn redis_error(config: &Config, error: impl std::fmt::Display) -> CliError {
     }
 }
 
-async fn connect(config: &Config) -> Result<redis::Client, CliError> {
-    if config.bus.backend != BackendKind::Redis {
-        return Err(CliError::NoExternalAccess(config.bus.backend));
-    }
-    crate::bus::redis::client(&config.redis).map_err(|error| redis_error(config, error))
+/// How the CLI reaches the bus.
+enum Link {
+    Redis(Box<redis::Client>),
+    Admin(AdminClient),
 }
 
+impl Link {
+    fn new(config: &Config) -> Result<Link, CliError> {
+        match config.bus.backend {
+            BackendKind::Redis => crate::bus::redis::client(&config.redis)
+                .map(|client| Link::Redis(Box::new(client)))
+                .map_err(|error| redis_error(config, error)),
+            BackendKind::Embedded => Ok(Link::Admin(AdminClient::new(&config.bus.data_dir))),
+        }
+    }
+
+    /// Subscribes to `channel` and returns its payloads, once the subscription is active.
+    async fn subscribe(
+        &self,
+        config: &Config,
+        channel: &str,
+        timeout: Duration,
+    ) -> Result<BoxStream<'static, String>, CliError> {
+        match self {
+            Link::Redis(client) => {
+                let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
+                    .await
+                    .map_err(|_| redis_error(config, "connection timed out"))?
+                    .map_err(|error| redis_error(config, error))?;
+                pubsub
+                    .subscribe(channel)
+                    .await
+                    .map_err(|error| redis_error(config, error))?;
+                let payloads = pubsub.into_on_message().filter_map(|message| async move {
+                    String::from_utf8(message.get_payload_bytes().to_vec()).ok()
+                });
+                Ok(payloads.boxed())
+            }
+            Link::Admin(client) => {
+                let subscription = client.subscribe(&[channel.to_string()], &[]).await?;
+                let payloads =
+                    futures_util::stream::unfold(subscription, |mut subscription| async move {
+                        let message = subscription.next().await?;
+                        Some((message.payload, subscription))
+                    });
+                Ok(payloads.boxed())
+            }
+        }
+    }
+
+    async fn publish(
+        &self,
+        config: &Config,
+        channel: &str,
+        payload: &str,
+    ) -> Result<u64, CliError> {
+        match self {
+            Link::Redis(client) => {
+                let mut connection = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|error| redis_error(config, error))?;
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(payload)
+                    .query_async::<u64>(&mut connection)
+                    .await
+                    .map_err(|error| redis_error(config, error))
+            }
+            Link::Admin(client) => Ok(client.publish(channel, payload).await?),
+        }
+    }
+
+    async fn stream_add(
+        &self,
+        config: &Config,
+        key: &str,
+        fields: &[(String, String)],
+        max_len: u64,
+    ) -> Result<String, CliError> {
+        match self {
+            Link::Redis(client) => {
+                let mut connection = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|error| redis_error(config, error))?;
+                let mut command = redis::cmd("XADD");
+                command
+                    .arg(key)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(max_len)
+                    .arg("*");
+                for (name, value) in fields {
+                    command.arg(name).arg(value);
+                }
+                command
+                    .query_async::<String>(&mut connection)
+                    .await
+                    .map_err(|error| redis_error(config, error))
+            }
+            Link::Admin(client) => Ok(client.stream_add(key, fields, Some(max_len)).await?),
+        }
+    }
+}
+
+/// How long `ping` keeps listening after the last pong once every service this config enables
+/// has answered.
+const OTHER_INSTANCES_GRACE: Duration = Duration::from_millis(300);
+
 /// Pings every service on the bus and waits up to `timeout` for the pongs. Stops early once
-/// the gateway and every service this config enables have answered.
+/// the gateway and every service this config enables have answered and no other pong has
+/// arrived for [`OTHER_INSTANCES_GRACE`].
 pub async fn ping(config: &Config, timeout: Duration) -> Result<PingReport, CliError> {
-    let client = connect(config).await?;
+    let link = Link::new(config)?;
     let names = Names::new(&config.bus.prefix);
     let id = uuid::Uuid::new_v4().simple().to_string();
     let reply_to = format!("{}:cli-{id}", names.control_replies());
-
-    let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
-        .await
-        .map_err(|_| redis_error(config, "connection timed out"))?
-        .map_err(|error| redis_error(config, error))?;
-    pubsub
-        .subscribe(&reply_to)
-        .await
-        .map_err(|error| redis_error(config, error))?;
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|error| redis_error(config, error))?;
+    let mut replies = link.subscribe(config, &reply_to, timeout).await?;
     let ping = ControlMessage::Ping(Ping {
         id: Some(id.clone()),
         reply_to: Some(reply_to),
     });
     let sent_at = Instant::now();
-    redis::cmd("PUBLISH")
-        .arg(names.control())
-        .arg(ping.encode())
-        .query_async::<u64>(&mut connection)
-        .await
-        .map_err(|error| redis_error(config, error))?;
+    link.publish(config, &names.control(), &ping.encode())
+        .await?;
 
     let instance = &config.bus.instance;
     let mut expected: BTreeSet<String> = std::iter::once(crate::bus::gateway::NAME)
@@ -95,19 +184,24 @@ pub async fn ping(config: &Config, timeout: Duration) -> Result<PingReport, CliE
         .map(|service| format!("{service}@{instance}"))
         .collect();
     let mut rows = Vec::new();
-    let mut messages = pubsub.on_message();
     let deadline = tokio::time::Instant::now() + timeout;
-    while !expected.is_empty() {
-        let Ok(Some(message)) = tokio::time::timeout_at(deadline, messages.next()).await else {
+    let mut last_pong = tokio::time::Instant::now();
+    loop {
+        // Other instances on a shared Redis answer too; keep listening a little after this
+        // config's services have answered, for as long as pongs keep arriving.
+        let wait_until = if expected.is_empty() {
+            (last_pong + OTHER_INSTANCES_GRACE).min(deadline)
+        } else {
+            deadline
+        };
+        let Ok(Some(payload)) = tokio::time::timeout_at(wait_until, replies.next()).await else {
             break;
         };
-        let Ok(payload) = std::str::from_utf8(message.get_payload_bytes()) else {
-            continue;
-        };
-        if let Ok(ControlMessage::Pong(pong)) = ControlMessage::decode(payload) {
+        if let Ok(ControlMessage::Pong(pong)) = ControlMessage::decode(&payload) {
             if pong.id.as_deref() != Some(id.as_str()) {
                 continue;
             }
+            last_pong = tokio::time::Instant::now();
             expected.remove(&format!("{}@{}", pong.service, pong.instance));
             rows.push(PingRow {
                 pong,
@@ -178,32 +272,20 @@ pub async fn publish(
     if message.is_empty() {
         return Err(CliError::EmptyMessage);
     }
-    let client = connect(config).await?;
+    let link = Link::new(config)?;
     let names = Names::new(&config.bus.prefix);
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|error| redis_error(config, error))?;
     if config.is_durable_stub(&stub) {
-        redis::cmd("XADD")
-            .arg(names.queue_stream(&stub))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(crate::bus::QUEUE_STREAM_MAX_LEN)
-            .arg("*")
-            .arg("m")
-            .arg(&message)
-            .query_async::<String>(&mut connection)
-            .await
-            .map_err(|error| redis_error(config, error))?;
+        let fields = [("m".to_string(), message.clone())];
+        link.stream_add(
+            config,
+            &names.queue_stream(&stub),
+            &fields,
+            crate::bus::QUEUE_STREAM_MAX_LEN,
+        )
+        .await?;
     }
     let channel = names.queue(&stub);
-    let receivers = redis::cmd("PUBLISH")
-        .arg(&channel)
-        .arg(&message)
-        .query_async::<u64>(&mut connection)
-        .await
-        .map_err(|error| redis_error(config, error))?;
+    let receivers = link.publish(config, &channel, &message).await?;
     let _ = std::io::stdout().flush();
     Ok((channel, receivers))
 }

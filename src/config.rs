@@ -228,17 +228,65 @@ impl Default for LogConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        match value.as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("invalid value {value:?}: use \"text\" or \"json\"")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum BackendKind {
     Redis,
     Embedded,
+}
+
+impl TryFrom<String> for BackendKind {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        match value.as_str() {
+            "redis" => Ok(BackendKind::Redis),
+            "embedded" => Ok(BackendKind::Embedded),
+            _ => Err(format!(
+                "invalid value {value:?}: use \"embedded\" or \"redis\""
+            )),
+        }
+    }
+}
+
+/// Level names that a filter directive may consist of alone.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a tracing filter. A bare word that is not a level is a valid directive for
+/// tracing (it enables one target and silences the rest), but in a config file it is a typo
+/// such as `warning` that would turn every log line off.
+fn validate_log_level(filter: &str) -> Result<(), String> {
+    let hint = "use a level (off, error, warn, info, debug, trace) or directives such as \
+                \"info,almagest=debug\"";
+    for directive in filter.split(',').map(str::trim) {
+        let is_level = LOG_LEVELS.contains(&directive.to_ascii_lowercase().as_str());
+        if !is_level && !directive.contains('=') {
+            return Err(format!(
+                "invalid directive {directive:?} in {filter:?}: {hint}"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(drop)
+        .map_err(|error| format!("invalid filter {filter:?}: {error}; {hint}"))
 }
 
 impl fmt::Display for BackendKind {
@@ -258,6 +306,8 @@ pub struct BusConfig {
     pub prefix: String,
     /// This process's name in actor names, pongs and the registry; empty means the hostname.
     pub instance: String,
+    /// Directory of the embedded backend's store and admin socket, relative to the working
+    /// directory unless absolute.
     pub data_dir: PathBuf,
     /// Approximate cap (`MAXLEN ~`) of the notification stream.
     pub notify_max_len: u64,
@@ -266,7 +316,8 @@ pub struct BusConfig {
 impl Default for BusConfig {
     fn default() -> Self {
         BusConfig {
-            backend: BackendKind::Redis,
+            // Runs on a fresh machine without Redis; the container image overrides it.
+            backend: BackendKind::Embedded,
             prefix: "almagest".into(),
             instance: String::new(),
             data_dir: PathBuf::from("data"),
@@ -529,23 +580,17 @@ impl Config {
         if let Err(message) = validate_instance(&bus.instance) {
             problems.push("bus.instance", message);
         }
-        if bus.backend == BackendKind::Embedded {
+        if bus.data_dir.as_os_str().is_empty() {
             problems.push(
-                "bus.backend",
-                "the embedded backend is not available in this build: use \"redis\"",
+                "bus.data_dir",
+                "must not be empty: name the embedded backend's directory, such as \"data\"",
             );
         }
         if bus.notify_max_len == 0 {
             problems.push("bus.notify_max_len", "must be at least 1 (entries)");
         }
-        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
-            problems.push(
-                "log.level",
-                format!(
-                    "invalid filter {:?}: {error}; use a level such as info or debug",
-                    raw.log.level
-                ),
-            );
+        if let Err(message) = validate_log_level(&raw.log.level) {
+            problems.push("log.level", message);
         }
         raw.supervisor.validate(problems);
         let redis = RedisConfig::validate(raw.redis, problems, ctx);
@@ -831,7 +876,7 @@ mod tests {
     fn empty_file_gives_defaults() {
         let config = parse("").unwrap();
         assert_eq!(config.bus.prefix, "almagest");
-        assert_eq!(config.bus.backend, BackendKind::Redis);
+        assert_eq!(config.bus.backend, BackendKind::Embedded);
         assert_eq!(config.supervisor.max_restarts, 5);
         assert!(config.control.is_none());
         assert!(!config.bus.instance.is_empty());
@@ -938,6 +983,39 @@ mod tests {
         let printed = config.to_masked_toml();
         assert!(!printed.contains("p@ss"), "{printed}");
         assert!(!printed.contains("p%40ss"), "{printed}");
+    }
+
+    #[test]
+    fn log_level_typo_rejected() {
+        for level in ["verbose", "warning", "info,almagest"] {
+            let error = parse(&format!("[log]\nlevel = \"{level}\"")).unwrap_err();
+            let text = error.to_string();
+            assert!(text.contains("log.level"), "{level}: {text}");
+            assert!(text.contains("use a level"), "{level}: {text}");
+        }
+        for level in [
+            "debug",
+            "WARN",
+            "info,almagest=debug",
+            "almagest[span]=trace",
+        ] {
+            let result = parse(&format!("[log]\nlevel = \"{level}\""));
+            assert!(result.is_ok(), "{level}: {:?}", result.err());
+        }
+    }
+
+    #[test]
+    fn backend_typo_names_choices() {
+        let error = parse("[bus]\nbackend = \"redsi\"").unwrap_err().to_string();
+        assert!(error.contains("bus.backend"), "{error}");
+        assert!(error.contains("use \"embedded\" or \"redis\""), "{error}");
+        assert!(!error.contains("BackendKind"), "{error}");
+        let env = HashMap::from([("ALMAGEST__LOG__FORMAT".to_string(), "xml".to_string())]);
+        let error = Config::from_toml("", Path::new("test.toml"), env)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("log.format"), "{error}");
+        assert!(error.contains("use \"text\" or \"json\""), "{error}");
     }
 
     #[test]

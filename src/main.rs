@@ -158,7 +158,12 @@ async fn ping(config: Config, timeout: Duration) -> ExitCode {
 async fn publish(config: Config, stub: String, message: String) -> ExitCode {
     match almagest::cli::publish(&config, &stub, &message).await {
         Ok((channel, receivers)) => {
-            println!("published to {channel} ({receivers} receivers)");
+            let noun = if receivers == 1 {
+                "receiver"
+            } else {
+                "receivers"
+            };
+            println!("published to {channel} ({receivers} {noun})");
             ExitCode::SUCCESS
         }
         Err(almagest::cli::CliError::Stub(error)) => {

@@ -2,12 +2,56 @@
 //! Each is installed once per process; repeated calls (several daemons in one test process)
 //! are harmless.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+
+/// Limits a repeated warning (bad input that anyone on the bus can send) to one log line per
+/// period, and says how many occurrences the line stands for.
+pub struct LogLimiter {
+    period: Duration,
+    state: Mutex<LimiterState>,
+}
+
+struct LimiterState {
+    last_logged: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    pub const fn new(period: Duration) -> LogLimiter {
+        LogLimiter {
+            period,
+            state: Mutex::new(LimiterState {
+                last_logged: None,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// Records one occurrence. Returns `Some(n)` when this one should be logged, `n` being the
+    /// occurrences not logged since the previous line; `None` when it should not.
+    pub fn hit(&self) -> Option<u64> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let due = state
+            .last_logged
+            .is_none_or(|at| at.elapsed() >= self.period);
+        if due {
+            state.last_logged = Some(Instant::now());
+            Some(std::mem::take(&mut state.suppressed))
+        } else {
+            state.suppressed += 1;
+            None
+        }
+    }
+}
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -115,6 +159,17 @@ pub fn install_crypto_provider() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_limiter_counts_suppressed() {
+        let limiter = LogLimiter::new(Duration::from_secs(3600));
+        assert_eq!(limiter.hit(), Some(0));
+        assert_eq!(limiter.hit(), None);
+        assert_eq!(limiter.hit(), None);
+        let expired = LogLimiter::new(Duration::ZERO);
+        assert_eq!(expired.hit(), Some(0));
+        assert_eq!(expired.hit(), Some(0));
+    }
 
     #[test]
     fn serenity_muted_unless_named() {

@@ -107,7 +107,10 @@ impl ApiError {
     fn public_message(&self) -> String {
         match self {
             ApiError::Bus(BusError::Unavailable(_)) => {
-                "the message bus is unavailable; nothing was published: retry later".to_string()
+                // A connection that failed during the call may have delivered the command
+                // anyway (a Redis that hung and resumed), so this cannot promise "nothing".
+                "the message bus is unavailable; the publish was not confirmed: retry later"
+                    .to_string()
             }
             ApiError::Bus(BusError::Timeout { .. }) => {
                 "the message bus did not respond in time; the message may not have been \

@@ -1,7 +1,9 @@
 //! The gateway actor: the first child of the root supervisor. It creates the backend, installs
 //! it into the [`Bus`] handle and routes every subscribed message to the actors that asked for
 //! it. Routes to actors that have stopped are dropped on the next message or subscription.
-//! The gateway answers pings itself, so `almagest ping` shows whether the bus is alive.
+//! The gateway answers pings itself, so `almagest ping` shows whether the bus is alive. With
+//! the embedded backend it also serves the admin socket, through which other processes
+//! reach the bus.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -9,7 +11,9 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort};
 
-use super::backend::{Backend, BackendEvent, BusError, EventSink, Topic};
+use super::admin::AdminEndpoint;
+use super::backend::{Backend, BackendEvent, EventSink, Topic};
+use super::embedded::EmbeddedBackend;
 use super::redis::RedisBackend;
 use super::wire::ControlMessage;
 use super::{Bus, BusMessage, Delivery, Installed, Subscriber};
@@ -40,6 +44,9 @@ pub struct GatewayState {
     control: String,
     crash_allowed: bool,
     connected: bool,
+    /// The admin socket, served for the embedded backend only: with Redis, other processes
+    /// reach the bus through Redis.
+    admin: Option<AdminEndpoint>,
     span: tracing::Span,
 }
 
@@ -70,17 +77,20 @@ impl Actor for Gateway {
             let _ = events_target.cast(GatewayMessage::Backend(event));
         });
         let span = actor_span(&args.bus.gateway_name());
+        let mut admin = None;
         let backend: Arc<dyn Backend> = match args.config.bus.backend {
             BackendKind::Redis => {
                 let started = span.in_scope(|| RedisBackend::start(&args.config.redis, events));
                 Arc::new(started?)
             }
             BackendKind::Embedded => {
-                return Err(BusError::NotAvailable {
-                    operation: "starting the bus",
-                    backend: BackendKind::Embedded,
-                }
-                .into());
+                let bus = &args.config.bus;
+                let _entered = span.enter();
+                let embedded = Arc::new(EmbeddedBackend::start(bus, events)?);
+                let endpoint =
+                    AdminEndpoint::start(&bus.data_dir, &bus.instance, Arc::clone(&embedded))?;
+                admin = Some(endpoint);
+                embedded
             }
         };
         let installed = args.bus.install(Arc::clone(&backend));
@@ -93,6 +103,7 @@ impl Actor for Gateway {
             control: args.bus.names().control(),
             crash_allowed: args.config.crash_drill_allowed(),
             connected: false,
+            admin,
             span,
         };
         state.update_topics();
@@ -166,6 +177,10 @@ impl GatewayState {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::debug!(error = %error, "gateway goodbye not sent"),
             Err(_) => tracing::debug!("gateway goodbye timed out"),
+        }
+        // Admin subscribers get the goodbye before their connections close.
+        if let Some(admin) = self.admin.take() {
+            admin.close(GOODBYE_TIMEOUT).await;
         }
         tracing::info!("gateway stopped");
     }

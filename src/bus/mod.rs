@@ -6,7 +6,9 @@
 //! actor's mailbox. The handle outlives gateway restarts: a new gateway installs its backend
 //! into the same handle, and calls fail with [`BusError::Unavailable`] in between.
 
+pub mod admin;
 pub mod backend;
+pub mod embedded;
 pub mod gateway;
 pub mod names;
 pub mod redis;

@@ -402,9 +402,12 @@ impl Backend for RedisBackend {
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<StreamEntry>, BusError> {
+        let count = count.max(1);
         let mut claimed = Vec::new();
         let mut cursor = "0-0".to_string();
         // XAUTOCLAIM scans the pending list in pages; the cursor returns to 0-0 at the end.
+        // Each page asks only for what is still missing: an entry claimed beyond `count`
+        // would move to this consumer without being returned.
         loop {
             let reply: redis::streams::StreamAutoClaimReply = self
                 .query(
@@ -416,7 +419,7 @@ impl Backend for RedisBackend {
                         .arg(ttl_millis(min_idle))
                         .arg(&cursor)
                         .arg("COUNT")
-                        .arg(count.max(1)),
+                        .arg(count - claimed.len()),
                 )
                 .await?;
             claimed.extend(convert_entries("XAUTOCLAIM", reply.claimed)?);

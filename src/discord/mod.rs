@@ -27,7 +27,7 @@ pub mod split;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use serenity::all::CommandInteraction;
@@ -39,6 +39,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::bus::wire::{Ping, Rebuild};
 use crate::bus::{BusMessage, ControlMessage, Notification, Topic};
 use crate::service::{Context, Service, ServiceError, ServiceMessage};
+use crate::telemetry::LogLimiter;
 
 pub use config::DiscordConfig;
 use consumer::Consumer;
@@ -193,8 +194,15 @@ async fn append_notification(ctx: &Context<Discord>, payload: &str) {
     let notification = match Notification::decode(payload) {
         Ok(notification) => notification,
         Err(error) => {
+            static WARNINGS: LogLimiter = LogLimiter::new(Duration::from_secs(60));
             metrics::counter!("almagest_discord_notify_invalid_total").increment(1);
-            tracing::warn!(error = %error, "ignored an invalid notification on the notify channel");
+            if let Some(suppressed) = WARNINGS.hit() {
+                tracing::warn!(
+                    error = %error,
+                    similar_since_last_warning = suppressed,
+                    "ignored an invalid notification on the notify channel"
+                );
+            }
             return;
         }
     };

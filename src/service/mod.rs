@@ -274,7 +274,14 @@ impl<S: Service> Actor for ServiceActor<S> {
             let mut topics = S::topics(&ctx);
             topics.push(Topic::Channel(control.clone()));
             ctx.bus.subscribe(topics, myself.get_derived()).await?;
-            let state = S::start(&ctx).await?;
+            let state = match S::start(&ctx).await {
+                Ok(state) => state,
+                Err(error) => {
+                    // The supervisor reports this only as a failed start, without the cause.
+                    tracing::error!(error = %error, "service failed to start");
+                    return Err(error);
+                }
+            };
             tracing::info!(restarts = ctx.identity.restarts, "service started");
             Ok::<_, ActorProcessingErr>(state)
         }

@@ -1,5 +1,6 @@
-//! The daemon core against a real redis-server: pings, restarts, outages, config errors and
-//! shutdown.
+//! The daemon core: pings, restarts, outages, config errors and shutdown. Tests that do not
+//! depend on Redis run on both backends (`on_redis::…`, `on_embedded::…`); the outage tests
+//! run against a real redis-server only.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,12 +8,22 @@ use std::time::Duration;
 
 use almagest::bus::backend::{Backend, BackendEvent, BusError};
 use almagest::bus::redis::RedisBackend;
-use almagest::config::Config;
+use almagest::config::{BackendKind, Config};
 
 use crate::support::{
-    Daemon, DaemonProcess, RedisServer, Subscription, WAIT, config_text, parse_config, run_cli,
-    wait_for, wait_until,
+    Daemon, DaemonProcess, RedisServer, TestBus, WAIT, config_text, on_both_backends, parse_config,
+    run_cli, wait_for, wait_until,
 };
+
+on_both_backends!(
+    ping_lists_every_service,
+    crashed_service_restarts_in_place,
+    crash_drill_off_by_default,
+    gateway_crash_resubscribes_services,
+    restart_cap_exits_nonzero,
+    sigterm_stops_cleanly_with_goodbyes,
+    invalid_control_messages_ignored,
+);
 
 const CONTROL: &str = "[control]\nping_interval_secs = 1\nallow_crash_command = true\n";
 
@@ -35,24 +46,13 @@ async fn answers(config: &Config) -> Option<BTreeMap<String, u32>> {
     )
 }
 
-async fn publish(redis: &RedisServer, channel: &str, payload: &str) {
-    let mut connection = redis.connection().await;
-    redis::cmd("PUBLISH")
-        .arg(channel)
-        .arg(payload)
-        .query_async::<u64>(&mut connection)
-        .await
-        .expect("publish");
-}
-
 fn crash(service: &str, instance: &str) -> String {
     format!(r#"{{"type":"crash","service":"{service}","instance":"{instance}"}}"#)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ping_lists_every_service() {
-    let redis = RedisServer::start();
-    let daemon = DaemonProcess::spawn(&config_text(&redis.url(), CONTROL));
+async fn ping_lists_every_service(kind: BackendKind) {
+    let bus = TestBus::start(kind);
+    let daemon = DaemonProcess::spawn(&bus.config_text(CONTROL));
     let config_path = daemon.config_path.clone();
     let stdout = wait_for(WAIT, "almagest ping to succeed", || {
         let config_path = config_path.clone();
@@ -83,15 +83,14 @@ async fn ping_fails_when_service_missing() {
     assert_eq!(report.missing.len(), 2, "{:?}", report.missing);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crashed_service_restarts_in_place() {
-    let redis = RedisServer::start();
-    let daemon = Daemon::start(parse_config(&config_text(&redis.url(), CONTROL)));
+async fn crashed_service_restarts_in_place(kind: BackendKind) {
+    let bus = TestBus::start(kind);
+    let daemon = Daemon::start(parse_config(&bus.config_text(CONTROL)));
     let before = wait_for(WAIT, "first pongs", || answers(&daemon.config)).await;
     assert_eq!(before.get("control"), Some(&0));
 
-    publish(
-        &redis,
+    bus.publish(
+        &daemon.config,
         &daemon.names().control(),
         &crash("control", daemon.instance()),
     )
@@ -110,14 +109,13 @@ async fn crashed_service_restarts_in_place() {
     daemon.stop().await.expect("clean stop");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_drill_off_by_default() {
-    let redis = RedisServer::start();
-    let text = config_text(&redis.url(), "[control]\nping_interval_secs = 1\n");
+async fn crash_drill_off_by_default(kind: BackendKind) {
+    let bus = TestBus::start(kind);
+    let text = bus.config_text("[control]\nping_interval_secs = 1\n");
     let daemon = Daemon::start(parse_config(&text));
     wait_for(WAIT, "first pongs", || answers(&daemon.config)).await;
-    publish(
-        &redis,
+    bus.publish(
+        &daemon.config,
         &daemon.names().control(),
         &crash("control", daemon.instance()),
     )
@@ -129,14 +127,13 @@ async fn crash_drill_off_by_default() {
     daemon.stop().await.expect("clean stop");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_crash_resubscribes_services() {
-    let redis = RedisServer::start();
-    let daemon = Daemon::start(parse_config(&config_text(&redis.url(), CONTROL)));
+async fn gateway_crash_resubscribes_services(kind: BackendKind) {
+    let bus = TestBus::start(kind);
+    let daemon = Daemon::start(parse_config(&bus.config_text(CONTROL)));
     wait_for(WAIT, "first pongs", || answers(&daemon.config)).await;
 
-    publish(
-        &redis,
+    bus.publish(
+        &daemon.config,
         &daemon.names().control(),
         &crash("gateway", daemon.instance()),
     )
@@ -152,13 +149,11 @@ async fn gateway_crash_resubscribes_services() {
     daemon.stop().await.expect("clean stop");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_cap_exits_nonzero() {
-    let redis = RedisServer::start();
-    let text = config_text(
-        &redis.url(),
-        &format!("{CONTROL}\n[supervisor]\nmax_restarts = 2\nwindow_secs = 600\n"),
-    );
+async fn restart_cap_exits_nonzero(kind: BackendKind) {
+    let bus = TestBus::start(kind);
+    let text = bus.config_text(&format!(
+        "{CONTROL}\n[supervisor]\nmax_restarts = 2\nwindow_secs = 600\n"
+    ));
     let config = parse_config(&text);
     let mut daemon = DaemonProcess::spawn(&text);
     for restarts in 0..=2u32 {
@@ -169,7 +164,8 @@ async fn restart_cap_exits_nonzero() {
         })
         .await;
         let control = almagest::bus::Names::new(&config.bus.prefix).control();
-        publish(&redis, &control, &crash("control", &config.bus.instance)).await;
+        bus.publish(&config, &control, &crash("control", &config.bus.instance))
+            .await;
     }
     let status = daemon.wait(WAIT).await;
     assert!(!status.success(), "exit status {status}");
@@ -307,15 +303,14 @@ fn children_of(pid: i32) -> Vec<i32> {
     children
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_stops_cleanly_with_goodbyes() {
-    let redis = RedisServer::start();
-    let text = config_text(&redis.url(), CONTROL);
+async fn sigterm_stops_cleanly_with_goodbyes(kind: BackendKind) {
+    let bus = TestBus::start(kind);
+    let text = bus.config_text(CONTROL);
     let config = parse_config(&text);
     let mut daemon = DaemonProcess::spawn(&text);
     wait_for(WAIT, "first pongs", || answers(&config)).await;
     let control = almagest::bus::Names::new(&config.bus.prefix).control();
-    let goodbyes = Subscription::start(&redis.client(), &control).await;
+    let goodbyes = bus.subscribe(&config, &control).await;
     let children = children_of(daemon.pid());
 
     daemon.signal(libc::SIGTERM);
@@ -339,10 +334,9 @@ async fn sigterm_stops_cleanly_with_goodbyes() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_control_messages_ignored() {
-    let redis = RedisServer::start();
-    let daemon = Daemon::start(parse_config(&config_text(&redis.url(), CONTROL)));
+async fn invalid_control_messages_ignored(kind: BackendKind) {
+    let bus = TestBus::start(kind);
+    let daemon = Daemon::start(parse_config(&bus.config_text(CONTROL)));
     wait_for(WAIT, "first pongs", || answers(&daemon.config)).await;
     let control = daemon.names().control();
     for payload in [
@@ -353,15 +347,18 @@ async fn invalid_control_messages_ignored() {
         r#"{"type":"ping","id":[]}"#,
         "",
     ] {
-        publish(&redis, &control, payload).await;
+        bus.publish(&daemon.config, &control, payload).await;
     }
-    let mut connection = redis.connection().await;
-    redis::cmd("PUBLISH")
-        .arg(&control)
-        .arg(&b"\xff\xfe not utf-8"[..])
-        .query_async::<u64>(&mut connection)
-        .await
-        .unwrap();
+    // Only Redis carries payloads that are not UTF-8; the admin socket speaks JSON text.
+    if let TestBus::Redis(redis) = &bus {
+        let mut connection = redis.connection().await;
+        redis::cmd("PUBLISH")
+            .arg(&control)
+            .arg(&b"\xff\xfe not utf-8"[..])
+            .query_async::<u64>(&mut connection)
+            .await
+            .unwrap();
+    }
     let restarts = wait_for(WAIT, "pongs after garbage", || answers(&daemon.config)).await;
     assert_eq!(restarts.get("control"), Some(&0));
     assert_eq!(restarts.get("gateway"), Some(&0));

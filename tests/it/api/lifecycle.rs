@@ -49,7 +49,7 @@ async fn redis_outage_gives_503_then_200() {
         body["error"]
             .as_str()
             .unwrap()
-            .contains("nothing was published"),
+            .contains("the publish was not confirmed"),
         "{body}"
     );
     assert_eq!(api.get("/readyz").send().await.unwrap().status(), 503);

@@ -178,7 +178,7 @@ async fn stub_metrics_count_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shell_worker_example_round_trip() {
-    let redis = RedisServer::start();
+    let mut redis = RedisServer::start();
     let api = Api::start(&redis, &api_section("")).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/rproxy-worker.sh");
     let mut worker = std::process::Command::new("bash");
@@ -192,18 +192,7 @@ async fn shell_worker_example_round_trip() {
     std::os::unix::process::CommandExt::process_group(&mut worker, 0);
     let worker = ProcessGroup(worker.spawn().expect("start the worker script"));
     let channel = queue(&api, "wiki");
-    wait_until(WAIT, "the worker script subscribes", || async {
-        let mut connection = redis.connection().await;
-        let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(&channel)
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        counts[0].1 > 0
-    })
-    .await;
-
+    wait_for_subscriber(&redis, &channel, "the worker script subscribes").await;
     let response = api
         .post("/api/rproxy/wiki/echo?q=1")
         .bearer_auth(ADMIN_TOKEN)
@@ -212,11 +201,44 @@ async fn shell_worker_example_round_trip() {
         .send()
         .await
         .unwrap();
-
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/plain");
     assert_eq!(response.text().await.unwrap(), "from curl");
+
+    // The worker outlives a Redis restart: it subscribes again by itself.
+    redis.stop();
+    redis.launch();
+    wait_for_subscriber(&redis, &channel, "the worker script subscribes again").await;
+    wait_until(
+        WAIT,
+        "an rproxy call after the restart succeeds",
+        || async {
+            api.post("/api/rproxy/wiki/echo")
+                .bearer_auth(ADMIN_TOKEN)
+                .body("again")
+                .send()
+                .await
+                .is_ok_and(|response| response.status() == 200)
+        },
+    )
+    .await;
     drop(worker);
+}
+
+async fn wait_for_subscriber(redis: &RedisServer, channel: &str, what: &str) {
+    wait_until(WAIT, what, || async {
+        let Ok(mut connection) = redis.client().get_multiplexed_async_connection().await else {
+            return false;
+        };
+        let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(&mut connection)
+            .await
+            .unwrap_or_default();
+        counts.first().is_some_and(|(_, count)| *count > 0)
+    })
+    .await;
 }
 
 /// A child process leading its own process group; dropping it kills the whole group

@@ -1,9 +1,11 @@
-//! Shared test helpers: a real `redis-server` per test on a unix socket, the daemon in-process
-//! or as a child process, and polling with a timeout.
+//! Shared test helpers: a real `redis-server` per test on a unix socket (or an embedded
+//! store in a temporary directory), the daemon in-process or as a child process, and polling
+//! with a timeout.
 
 #![allow(dead_code)]
 
 pub mod api;
+pub mod bus;
 pub mod control;
 pub mod dnslog;
 pub mod fake_api;
@@ -17,6 +19,30 @@ pub mod torrent_service;
 pub mod torrents;
 pub mod transmission;
 
+/// Instantiates generic test bodies, each `async fn NAME(kind: BackendKind)`, once per
+/// backend: as `on_redis::NAME` and `on_embedded::NAME`.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod on_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(almagest::config::BackendKind::Redis).await;
+                }
+            )*
+        }
+        mod on_embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(almagest::config::BackendKind::Embedded).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_backends;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -25,10 +51,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use almagest::RunError;
+use almagest::bus::admin::AdminClient;
 use almagest::config::Config;
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
+pub use bus::TestBus;
 pub use redis_server::RedisServer;
 
 /// Default time a test waits for a condition. Generous, because CI machines are slow and a
@@ -89,6 +117,17 @@ pub fn config_text(redis_url: &str, extra: &str) -> String {
         "[bus]\nbackend = \"redis\"\ninstance = \"{}\"\nprefix = \"{}\"\n\n[redis]\nurl = \"{redis_url}\"\n\n{extra}\n",
         unique("it"),
         unique("p"),
+    )
+}
+
+/// Config text for a test daemon on the embedded backend with its store in `data_dir`, a
+/// unique instance and prefix; `extra` is appended.
+pub fn embedded_config_text(data_dir: &Path, extra: &str) -> String {
+    format!(
+        "[bus]\nbackend = \"embedded\"\ninstance = \"{}\"\nprefix = \"{}\"\ndata_dir = {:?}\n\n{extra}\n",
+        unique("it"),
+        unique("p"),
+        data_dir.display().to_string(),
     )
 }
 
@@ -277,6 +316,33 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// Subscribes through a daemon's admin socket (embedded backend) to `channel` (a pattern
+    /// when it contains `*`) and returns once the subscription is active.
+    pub async fn start_admin(client: &AdminClient, channel: &str) -> Subscription {
+        let (channels, patterns) = if channel.contains('*') {
+            (Vec::new(), vec![channel.to_string()])
+        } else {
+            (vec![channel.to_string()], Vec::new())
+        };
+        let mut subscription = client
+            .subscribe(&channels, &patterns)
+            .await
+            .expect("subscribe through the admin socket");
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&messages);
+        let task = tokio::spawn(async move {
+            while let Some(message) = subscription.next().await {
+                sink.lock()
+                    .unwrap()
+                    .push((message.channel, message.payload));
+            }
+        });
+        Subscription {
+            messages,
+            _task: tokio_util::task::AbortOnDropHandle::new(task),
+        }
+    }
+
     /// Subscribes to `channel` (a pattern when it contains `*`) and returns once the
     /// subscription is active.
     pub async fn start(client: &redis::Client, channel: &str) -> Subscription {
