@@ -266,46 +266,90 @@ fn presence_events(
         .collect()
 }
 
+/// A daemon with one followed log and `devices`, and a subscription to its events.
+struct PresenceRun {
+    redis: RedisServer,
+    _dir: tempfile::TempDir,
+    log: std::path::PathBuf,
+    text: String,
+    daemon: Option<Daemon>,
+    prefix: String,
+    events: Subscription,
+}
+
+impl PresenceRun {
+    async fn start(devices: &str) -> PresenceRun {
+        let redis = RedisServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("query.log");
+        let text = config_text(&redis.url(), &dnslog_section(&[file_source(&log)], devices));
+        let daemon = Daemon::start(parse_config(&text));
+        let prefix = daemon.names().prefix().to_string();
+        let events = Subscription::start(&redis.client(), &daemon.names().events("dnslog")).await;
+        PresenceRun {
+            redis,
+            _dir: dir,
+            log,
+            text,
+            daemon: Some(daemon),
+            prefix,
+            events,
+        }
+    }
+
+    /// Stops the daemon gracefully.
+    async fn stop(&mut self) {
+        let daemon = self.daemon.take().expect("the daemon is running");
+        daemon.stop().await.unwrap();
+    }
+
+    /// Starts the daemon again with the same config.
+    fn restart(&mut self) {
+        assert!(self.daemon.is_none(), "the daemon is still running");
+        self.daemon = Some(Daemon::start(parse_config(&self.text)));
+    }
+
+    /// Appends a query from `client` stamped with the current time.
+    fn query(&self, client: &str, name: &str) {
+        append(&self.log, &query_line(&now_rfc3339(), client, name));
+    }
+
+    fn events(&self, kind: &str, device: &str) -> Vec<serde_json::Value> {
+        presence_events(&self.events, kind, device)
+    }
+
+    async fn wait_for_event(&self, kind: &str, device: &str) {
+        wait_until(WAIT, &format!("{kind} of {device}"), || async {
+            !self.events(kind, device).is_empty()
+        })
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_arrive_leave_arrive() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("query.log");
-    let text = config_text(&redis.url(), &dnslog_section(&[file_source(&log)], SAM));
-    let daemon = Daemon::start(parse_config(&text));
-    let names = daemon.names();
-    let prefix = names.prefix().to_string();
-    let events = Subscription::start(&redis.client(), &names.events("dnslog")).await;
+    let mut run = PresenceRun::start(SAM).await;
 
     // First sight sets the baseline silently; a second later the phone counts as gone.
-    append(
-        &log,
-        &query_line(&now_rfc3339(), "192.168.1.42", "a.example."),
-    );
-    wait_until(WAIT, "presence.left", || async {
-        !presence_events(&events, "presence.left", "sam-phone").is_empty()
-    })
-    .await;
-    assert!(presence_events(&events, "presence.arrived", "sam-phone").is_empty());
-    let state = device_state(&redis, &prefix, "sam-phone").await.unwrap();
+    run.query("192.168.1.42", "a.example.");
+    run.wait_for_event("presence.left", "sam-phone").await;
+    assert!(run.events("presence.arrived", "sam-phone").is_empty());
+    let state = device_state(&run.redis, &run.prefix, "sam-phone")
+        .await
+        .unwrap();
     assert_eq!(state["home"], false);
 
-    append(
-        &log,
-        &query_line(&now_rfc3339(), "192.168.1.42", "b.example."),
-    );
-    wait_until(WAIT, "presence.arrived", || async {
-        !presence_events(&events, "presence.arrived", "sam-phone").is_empty()
-    })
-    .await;
-    let arrived = &presence_events(&events, "presence.arrived", "sam-phone")[0];
+    run.query("192.168.1.42", "b.example.");
+    run.wait_for_event("presence.arrived", "sam-phone").await;
+    let arrived = &run.events("presence.arrived", "sam-phone")[0];
     assert_eq!(arrived["owner"], "Sam");
     assert_eq!(arrived["ip"], "192.168.1.42");
     assert!(arrived["away_ms"].as_u64().unwrap() >= 1000, "{arrived}");
-    let left = &presence_events(&events, "presence.left", "sam-phone")[0];
+    let left = &run.events("presence.left", "sam-phone")[0];
     assert_eq!(left["away_ms"], 1000);
 
-    let notices = crate::support::torrent_service::notices(&redis, &names).await;
+    let names = almagest::bus::Names::new(&run.prefix);
+    let notices = crate::support::torrent_service::notices(&run.redis, &names).await;
     assert_eq!(notices.len(), 1, "{notices:?}");
     assert!(
         notices[0]["text"]
@@ -315,108 +359,59 @@ async fn presence_arrive_leave_arrive() {
         "{}",
         notices[0]
     );
-    daemon.stop().await.unwrap();
+    run.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_announces_no_false_arrival() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("query.log");
     // Dana's laptop stays home for an hour of quiet; Sam's phone counts as away after 1 s.
     let devices = format!(
         "{SAM}\n[[dnslog.devices]]\nname = \"dana-laptop\"\nip = \"192.168.1.7\"\n\
          away_after_secs = 3600\n"
     );
-    let text = config_text(
-        &redis.url(),
-        &dnslog_section(&[file_source(&log)], &devices),
-    );
-    let daemon = Daemon::start(parse_config(&text));
-    let names = daemon.names();
-    let events = Subscription::start(&redis.client(), &names.events("dnslog")).await;
-    append(
-        &log,
-        &query_line(&now_rfc3339(), "192.168.1.7", "a.example."),
-    );
-    append(
-        &log,
-        &query_line(&now_rfc3339(), "192.168.1.42", "a.example."),
-    );
-    wait_until(WAIT, "sam-phone left", || async {
-        !presence_events(&events, "presence.left", "sam-phone").is_empty()
-    })
-    .await;
-    daemon.stop().await.unwrap();
+    let mut run = PresenceRun::start(&devices).await;
+    run.query("192.168.1.7", "a.example.");
+    run.query("192.168.1.42", "a.example.");
+    run.wait_for_event("presence.left", "sam-phone").await;
+    run.stop().await;
 
     // Both query while the daemon is down. Sam's phone arrived then; Dana's laptop never
     // left.
     let arrived_at = now_rfc3339();
+    run.query("192.168.1.7", "b.example.");
     append(
-        &log,
-        &query_line(&now_rfc3339(), "192.168.1.7", "b.example."),
+        &run.log,
+        &query_line(&arrived_at, "192.168.1.42", "b.example."),
     );
-    append(&log, &query_line(&arrived_at, "192.168.1.42", "b.example."));
-    let daemon = Daemon::start(parse_config(&text));
-    wait_until(WAIT, "sam-phone arrived", || async {
-        !presence_events(&events, "presence.arrived", "sam-phone").is_empty()
-    })
-    .await;
-    let arrived = &presence_events(&events, "presence.arrived", "sam-phone")[0];
+    run.restart();
+    run.wait_for_event("presence.arrived", "sam-phone").await;
+    let arrived = &run.events("presence.arrived", "sam-phone")[0];
     let event_time = chrono::DateTime::parse_from_rfc3339(arrived["at"].as_str().unwrap()).unwrap();
     let line_time = chrono::DateTime::parse_from_rfc3339(&arrived_at).unwrap();
     assert_eq!(event_time, line_time, "the arrival carries the line's time");
-    assert!(presence_events(&events, "presence.arrived", "dana-laptop").is_empty());
-    assert!(presence_events(&events, "presence.left", "dana-laptop").is_empty());
-    daemon.stop().await.unwrap();
+    assert!(run.events("presence.arrived", "dana-laptop").is_empty());
+    assert!(run.events("presence.left", "dana-laptop").is_empty());
+    run.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privacy_addresses_are_one_device() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("query.log");
-    let text = config_text(&redis.url(), &dnslog_section(&[file_source(&log)], SAM));
-    let daemon = Daemon::start(parse_config(&text));
-    let names = daemon.names();
-    let prefix = names.prefix().to_string();
-    let events = Subscription::start(&redis.client(), &names.events("dnslog")).await;
+    let mut run = PresenceRun::start(SAM).await;
+    run.query("2001:db8:1:2:a1b2:c3d4:e5f6:1", "a.example.");
+    run.wait_for_event("presence.left", "sam-phone").await;
 
-    append(
-        &log,
-        &query_line(
-            &now_rfc3339(),
-            "2001:db8:1:2:a1b2:c3d4:e5f6:1",
-            "a.example.",
-        ),
-    );
-    wait_until(WAIT, "sam-phone left", || async {
-        !presence_events(&events, "presence.left", "sam-phone").is_empty()
-    })
-    .await;
     // A new temporary address in the same /64, and one outside it that is nobody's.
-    append(
-        &log,
-        &query_line(&now_rfc3339(), "2001:db8:1:3::1", "b.example."),
-    );
-    append(
-        &log,
-        &query_line(
-            &now_rfc3339(),
-            "2001:db8:1:2:9f8e:7d6c:5b4a:2",
-            "b.example.",
-        ),
-    );
-    wait_until(WAIT, "sam-phone arrived", || async {
-        !presence_events(&events, "presence.arrived", "sam-phone").is_empty()
-    })
-    .await;
-    let arrived = presence_events(&events, "presence.arrived", "sam-phone");
+    run.query("2001:db8:1:3::1", "b.example.");
+    run.query("2001:db8:1:2:9f8e:7d6c:5b4a:2", "b.example.");
+    run.wait_for_event("presence.arrived", "sam-phone").await;
+    let arrived = run.events("presence.arrived", "sam-phone");
     assert_eq!(arrived.len(), 1);
     assert_eq!(arrived[0]["ip"], "2001:db8:1:2:9f8e:7d6c:5b4a:2");
-    let state = device_state(&redis, &prefix, "sam-phone").await.unwrap();
+    let state = device_state(&run.redis, &run.prefix, "sam-phone")
+        .await
+        .unwrap();
     assert_eq!(state["last_ip"], "2001:db8:1:2:9f8e:7d6c:5b4a:2");
-    daemon.stop().await.unwrap();
+    run.stop().await;
 }
 
 /// Returns the `domains` of `GET /api/dns/top` for `client` on [`DAY`].
