@@ -50,7 +50,7 @@ fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
 }
 
 fn micros(duration: Duration) -> String {
-    format!("{:.0} µs", duration.as_secs_f64() * 1e6)
+    format!("{:.1} µs", duration.as_secs_f64() * 1e6)
 }
 
 /// A redis-server on a free loopback port, stopped on drop.
