@@ -506,6 +506,7 @@ struct RawConfig {
     torrent: Option<crate::torrent::config::RawTorrentConfig>,
     builder: Option<crate::builder::config::RawBuilderConfig>,
     api: Option<crate::api::config::RawApiConfig>,
+    dnslog: Option<crate::dnslog::config::RawDnslogConfig>,
 }
 
 /// The validated configuration the daemon runs with.
@@ -527,6 +528,8 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub builder: Option<crate::builder::config::BuilderConfig>,
     pub api: Option<crate::api::config::ApiConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dnslog: Option<crate::dnslog::config::DnslogConfig>,
 }
 
 impl Config {
@@ -596,6 +599,16 @@ impl Config {
         let torrent = raw.torrent.map(|section| section.validate(problems, ctx));
         let builder = raw.builder.map(|section| section.validate(problems, ctx));
         let api = raw.api.map(|section| section.validate(problems, ctx));
+        let dnslog = raw.dnslog.and_then(|section| {
+            section
+                .validate()
+                .map_err(|found| {
+                    for problem in found {
+                        problems.push(problem.key, problem.message);
+                    }
+                })
+                .ok()
+        });
         Config {
             path: None,
             log: raw.log,
@@ -607,6 +620,7 @@ impl Config {
             torrent,
             builder,
             api,
+            dnslog,
         }
     }
 
@@ -627,6 +641,9 @@ impl Config {
         }
         if self.api.is_some() {
             names.push(crate::api::NAME);
+        }
+        if self.dnslog.is_some() {
+            names.push(crate::dnslog::NAME);
         }
         names
     }

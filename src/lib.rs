@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod discord;
+pub mod dnslog;
 pub mod service;
 pub mod supervisor;
 pub mod telemetry;
@@ -97,6 +98,13 @@ fn service_specs(config: &Arc<Config>, bus: &Bus) -> Vec<ChildSpec> {
     if let Some(api) = &config.api {
         specs.push(supervisor::service_spec::<api::Api>(
             api.clone(),
+            config,
+            bus,
+        ));
+    }
+    if let Some(dnslog) = &config.dnslog {
+        specs.push(supervisor::service_spec::<dnslog::Dnslog>(
+            dnslog.clone(),
             config,
             bus,
         ));

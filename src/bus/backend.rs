@@ -143,6 +143,11 @@ pub enum Write {
         member: String,
         delta: f64,
     },
+    /// Keeps the `keep` members with the highest scores and removes the rest.
+    SortedKeepTop {
+        key: String,
+        keep: usize,
+    },
 }
 
 /// The operations the services use, with Redis semantics.
@@ -196,7 +201,9 @@ pub trait Backend: Send + Sync + 'static {
     /// The `limit` members with the highest scores, highest first.
     async fn sorted_top(&self, key: &str, limit: usize) -> Result<Vec<(String, f64)>, BusError>;
 
-    /// Applies writes in order in one round trip (a pipeline, not a transaction).
+    /// Applies writes in order in one round trip, as one transaction (`MULTI`/`EXEC`): a
+    /// connection lost before `EXEC` applies none of them. A write that fails inside the
+    /// transaction (a key of the wrong type) does not undo the others.
     async fn apply(&self, writes: Vec<Write>) -> Result<(), BusError>;
 
     /// Appends an entry, trimming the stream to about `max_len` entries when given; returns

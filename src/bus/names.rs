@@ -193,6 +193,16 @@ impl Names {
         self.join(&format!("dns:client:{ip}:{day}"))
     }
 
+    /// `P:dns:rcodes:<day>`: queries per response code on a UTC day.
+    pub fn dns_rcodes(&self, day: &str) -> String {
+        self.join(&format!("dns:rcodes:{day}"))
+    }
+
+    /// `P:dns:qtypes:<day>`: queries per query type on a UTC day.
+    pub fn dns_qtypes(&self, day: &str) -> String {
+        self.join(&format!("dns:qtypes:{day}"))
+    }
+
     /// `P:dns:devices`: device → last-seen state.
     pub fn dns_devices(&self) -> String {
         self.join("dns:devices")

@@ -311,6 +311,7 @@ impl Backend for RedisBackend {
             return Ok(());
         }
         let mut pipeline = redis::pipe();
+        pipeline.atomic();
         for write in &writes {
             add_write(&mut pipeline, write);
         }
@@ -502,6 +503,16 @@ fn add_write(pipeline: &mut redis::Pipeline, write: &Write) {
                 .arg(key)
                 .arg(delta)
                 .arg(member)
+                .ignore();
+        }
+        Write::SortedKeepTop { key, keep } => {
+            // Ranks count from the lowest score; -(keep + 1) is the highest rank to remove.
+            let last = -i64::try_from(*keep).unwrap_or(i64::MAX - 1) - 1;
+            pipeline
+                .cmd("ZREMRANGEBYRANK")
+                .arg(key)
+                .arg(0)
+                .arg(last)
                 .ignore();
         }
     }

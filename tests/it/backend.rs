@@ -34,6 +34,7 @@ on_both_backends!(
     pipeline_continues_after_rejection,
     hashes_set_get_delete,
     sorted_top_orders_by_score,
+    sorted_keep_top_drops_lowest,
     expire_in_pipeline,
     read_key_reports_types,
     wrong_type_rejected,
@@ -520,6 +521,33 @@ async fn sorted_top_orders_by_score(kind: BackendKind) {
     assert_eq!(h.b().sorted_top(&key, 0).await, Ok(vec![]));
     assert_eq!(h.b().sorted_top(&key, 10).await.map(|top| top.len()), Ok(4));
     assert_eq!(h.b().sorted_top(&h.name("none"), 5).await, Ok(vec![]));
+}
+
+async fn sorted_keep_top_drops_lowest(kind: BackendKind) {
+    let h = Harness::start(kind).await;
+    let (key, small) = (h.name("dns:domains"), h.name("small"));
+    let mut writes: Vec<Write> = [("a", 3.0), ("b", 1.0), ("c", 2.0), ("d", 1.0)]
+        .iter()
+        .map(|(member, delta)| Write::SortedIncrBy {
+            key: key.clone(),
+            member: member.to_string(),
+            delta: *delta,
+        })
+        .collect();
+    writes.push(Write::SortedKeepTop {
+        key: key.clone(),
+        keep: 2,
+    });
+    writes.push(Write::SortedKeepTop {
+        key: small.clone(),
+        keep: 2,
+    });
+    h.b().apply(writes).await.expect("apply");
+    assert_eq!(
+        h.b().sorted_top(&key, 10).await,
+        Ok(vec![("a".into(), 3.0), ("c".into(), 2.0)])
+    );
+    assert_eq!(h.b().read_key(&small).await, Ok(KeyValue::Missing));
 }
 
 async fn expire_in_pipeline(kind: BackendKind) {

@@ -7,6 +7,7 @@ mod builder;
 mod control;
 mod core;
 mod discord;
+mod dnslog;
 mod drop_folder;
 mod embedded;
 mod support;

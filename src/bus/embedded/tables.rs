@@ -531,6 +531,38 @@ impl<'txn> Tables<'txn> {
         self.sorted_sets.insert((key, member), score)?;
         Ok(score)
     }
+
+    /// Keeps the `keep` members with the highest scores, as `ZREMRANGEBYRANK key 0
+    /// -(keep + 1)` does: ranks order by score, then by member. Returns how many went.
+    pub fn sorted_keep_top(&mut self, key: &str, keep: usize, now: u64) -> OpResult<u64> {
+        let Some(old) = self.meta_of_kind(key, Kind::SortedSet, "ZREMRANGEBYRANK", now)? else {
+            return Ok(0);
+        };
+        if old.len <= keep as u64 {
+            return Ok(0);
+        }
+        let next = after(key);
+        let mut members: Vec<(f64, String)> = Vec::new();
+        for row in self.sorted_sets.range((key, "")..(next.as_str(), ""))? {
+            let (index, score) = row?;
+            members.push((score.value(), index.value().1.to_string()));
+        }
+        members.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        let remove = members.len().saturating_sub(keep);
+        for (_, member) in &members[..remove] {
+            self.sorted_sets.remove((key, member.as_str()))?;
+        }
+        let meta = Meta {
+            len: old.len.saturating_sub(remove as u64),
+            ..old
+        };
+        if meta.len == 0 {
+            self.remove_key(key, &old)?;
+        } else {
+            self.put_meta(key, Some(&old), &meta)?;
+        }
+        Ok(remove as u64)
+    }
 }
 
 impl Tables<'_> {
@@ -550,6 +582,9 @@ impl Tables<'_> {
                 }
                 Write::SortedIncrBy { key, member, delta } => {
                     self.sorted_incr_by(key, member, *delta, now).map(drop)
+                }
+                Write::SortedKeepTop { key, keep } => {
+                    self.sorted_keep_top(key, *keep, now).map(drop)
                 }
             };
             match outcome {

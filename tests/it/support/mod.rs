@@ -7,6 +7,7 @@
 pub mod api;
 pub mod bus;
 pub mod control;
+pub mod dnslog;
 pub mod fake_api;
 pub mod fake_discord;
 pub mod fake_github;
