@@ -176,10 +176,13 @@ impl Globs {
     }
 }
 
-/// Requests per minute and burst of one token's bucket.
+/// Requests per minute and burst of one token's bucket. Serialized under the config's key
+/// names, so that `check-config` output reads back as config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct RateLimit {
+    #[serde(rename = "rate_limit_per_minute")]
     pub per_minute: u32,
+    #[serde(rename = "rate_limit_burst")]
     pub burst: u32,
 }
 
@@ -191,7 +194,7 @@ pub struct ApiToken {
     /// Stubs the token may publish to and call through rproxy.
     pub stubs: Globs,
     pub scopes: BTreeSet<Scope>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
 }
 
@@ -683,6 +686,15 @@ mod tests {
         let api = parse_with_env(&text, &[]).unwrap().api.unwrap();
         let limit = api.tokens[0].rate_limit.unwrap();
         assert_eq!((limit.per_minute, limit.burst), (60, 5));
+    }
+
+    #[test]
+    fn printed_token_limit_reads_back() {
+        let text = format!("[api]\n{TOKEN}rate_limit_per_minute = 60\nrate_limit_burst = 5\n");
+        let printed = parse_with_env(&text, &[]).unwrap().to_masked_toml();
+        assert!(printed.contains("rate_limit_per_minute = 60"), "{printed}");
+        assert!(printed.contains("rate_limit_burst = 5"), "{printed}");
+        assert!(!printed.contains("[api.tokens.rate_limit]"), "{printed}");
     }
 
     #[test]

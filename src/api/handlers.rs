@@ -141,7 +141,10 @@ impl App {
         self.publish_request(&channel, &message).await?;
         let timeout = self.config.rproxy_timeout();
         match tokio::time::timeout(timeout, waiter.receiver()).await {
-            Ok(Ok(reply)) => reply.into_response(),
+            Ok(Ok(Ok(reply))) => reply.into_response(),
+            Ok(Ok(Err(reason))) => Err(ApiError::BadGateway(format!(
+                "the worker's reply is invalid: {reason}"
+            ))),
             Ok(Err(_)) => Err(ApiError::Unavailable(
                 "the API is restarting; the request may have reached a worker".into(),
             )),

@@ -59,7 +59,14 @@ impl Actor for Replies {
             }
             Err(error) => {
                 metrics::counter!("almagest_api_rproxy_replies_invalid_total").increment(1);
-                tracing::debug!(error = %error, "ignored an invalid rproxy reply");
+                // A reply that names its request but is malformed ends that request with 502.
+                let id = serde_json::from_str::<serde_json::Value>(&message.payload)
+                    .ok()
+                    .and_then(|value| value.get("id")?.as_str().map(str::to_string));
+                let failed = id.is_some_and(|id| pending.fail(&id, error.to_string()));
+                if !failed {
+                    tracing::debug!(error = %error, "ignored an invalid rproxy reply");
+                }
             }
         }
         Ok(())

@@ -222,21 +222,24 @@ impl HttpReply {
     }
 }
 
+/// What a waiting request receives: the worker's reply, or why its reply was unusable.
+pub type ReplyOutcome = Result<HttpReply, String>;
+
 /// Requests waiting for their reply, by id.
 #[derive(Default)]
 pub struct Pending {
-    waiting: Mutex<HashMap<String, oneshot::Sender<HttpReply>>>,
+    waiting: Mutex<HashMap<String, oneshot::Sender<ReplyOutcome>>>,
 }
 
 /// One waiting request. Dropping it removes the entry, whether a reply came or not.
 pub struct Waiter {
     id: String,
     pending: Arc<Pending>,
-    receiver: oneshot::Receiver<HttpReply>,
+    receiver: oneshot::Receiver<ReplyOutcome>,
 }
 
 impl Waiter {
-    pub fn receiver(&mut self) -> &mut oneshot::Receiver<HttpReply> {
+    pub fn receiver(&mut self) -> &mut oneshot::Receiver<ReplyOutcome> {
         &mut self.receiver
     }
 }
@@ -250,7 +253,7 @@ impl Drop for Waiter {
 }
 
 impl Pending {
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<HttpReply>>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<ReplyOutcome>>> {
         self.waiting
             .lock()
             .expect("pending table lock is never poisoned: no code panics while holding it")
@@ -278,9 +281,20 @@ impl Pending {
     /// Hands a reply to the request waiting for its id. Returns false when none waits,
     /// because it timed out, its client left, or it was sent with `wait=false`.
     pub fn complete(&self, reply: HttpReply) -> bool {
-        let sender = self.table().remove(&reply.id);
+        let id = reply.id.clone();
+        self.resolve(&id, Ok(reply))
+    }
+
+    /// Tells the request waiting for `id` that its reply was invalid, so that it answers 502
+    /// at once instead of 504 after the timeout. Returns false when none waits.
+    pub fn fail(&self, id: &str, reason: String) -> bool {
+        self.resolve(id, Err(reason))
+    }
+
+    fn resolve(&self, id: &str, outcome: ReplyOutcome) -> bool {
+        let sender = self.table().remove(id);
         match sender {
-            Some(sender) => sender.send(reply).is_ok(),
+            Some(sender) => sender.send(outcome).is_ok(),
             None => false,
         }
     }
@@ -391,7 +405,19 @@ mod tests {
         let mut waiter = pending.register("a").unwrap();
         let reply = HttpReply::decode(r#"{"id":"a","status":200}"#).unwrap();
         assert!(pending.complete(reply.clone()));
-        assert_eq!(waiter.receiver().await.unwrap(), reply);
+        assert_eq!(waiter.receiver().await.unwrap(), Ok(reply.clone()));
         assert!(!pending.complete(reply));
+    }
+
+    #[tokio::test]
+    async fn invalid_reply_fails_waiter() {
+        let pending = Arc::new(Pending::default());
+        let mut waiter = pending.register("a").unwrap();
+        assert!(pending.fail("a", "missing field `status`".into()));
+        assert_eq!(
+            waiter.receiver().await.unwrap(),
+            Err("missing field `status`".to_string())
+        );
+        assert!(!pending.fail("a", "again".into()));
     }
 }

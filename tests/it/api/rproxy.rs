@@ -63,6 +63,46 @@ async fn rproxy_binary_body_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rproxy_malformed_reply_502_at_once() {
+    use futures_util::StreamExt;
+
+    let redis = RedisServer::start();
+    let api = Api::start(&redis, &api_section("rproxy_timeout_ms = 10000")).await;
+    // A worker whose reply names the request but has a status of the wrong type.
+    let mut pubsub = redis.client().get_async_pubsub().await.unwrap();
+    pubsub.subscribe(queue(&api, "wiki")).await.unwrap();
+    let mut publisher = redis.connection().await;
+    let _worker = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = messages.next().await {
+            let request: serde_json::Value =
+                serde_json::from_slice(message.get_payload_bytes()).unwrap();
+            let reply = serde_json::json!({"id": request["id"], "status": "fine"});
+            let _: Result<u64, _> = redis::cmd("PUBLISH")
+                .arg(request["reply_to"].as_str().unwrap())
+                .arg(reply.to_string())
+                .query_async(&mut publisher)
+                .await;
+        }
+    }));
+
+    let response = api
+        .get("/api/rproxy/wiki")
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+
+    // 502 rather than the 504 that the timeout would give.
+    assert_eq!(response.status(), 502);
+    let body = json_body(response).await;
+    assert!(
+        body["error"].as_str().unwrap().contains("reply is invalid"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rproxy_without_worker_503_at_once() {
     let redis = RedisServer::start();
     let api = Api::start(&redis, &api_section("rproxy_timeout_ms = 10000")).await;
