@@ -105,12 +105,14 @@ async fn run_daemon(config: Config) -> ExitCode {
     }
 }
 
-/// Completes on the first SIGINT or SIGTERM. A second signal ends the process at once.
+/// Completes on the first SIGINT, SIGTERM or SIGHUP. A second signal ends the process at
+/// once. SIGHUP (a closed terminal) stops gracefully too, since there is no config reload.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
+    let (Ok(mut interrupt), Ok(mut terminate), Ok(mut hangup)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot listen for signals; stop the daemon with SIGKILL");
         return std::future::pending().await;
@@ -118,6 +120,7 @@ async fn shutdown_signal() {
     let name = tokio::select! {
         _ = interrupt.recv() => "SIGINT",
         _ = terminate.recv() => "SIGTERM",
+        _ = hangup.recv() => "SIGHUP",
     };
     tracing::info!(
         signal = name,
@@ -127,6 +130,7 @@ async fn shutdown_signal() {
         tokio::select! {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
+            _ = hangup.recv() => {}
         }
         eprintln!("second signal: exiting at once");
         std::process::exit(130);

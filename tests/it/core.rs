@@ -22,6 +22,7 @@ on_both_backends!(
     gateway_crash_resubscribes_services,
     restart_cap_exits_nonzero,
     sigterm_stops_cleanly_with_goodbyes,
+    sighup_stops_gracefully,
     invalid_control_messages_ignored,
 );
 
@@ -332,6 +333,26 @@ async fn sigterm_stops_cleanly_with_goodbyes(kind: BackendKind) {
             "child process {child} outlived the daemon"
         );
     }
+}
+
+async fn sighup_stops_gracefully(kind: BackendKind) {
+    let bus = TestBus::start(kind);
+    let text = bus.config_text(CONTROL);
+    let config = parse_config(&text);
+    let mut daemon = DaemonProcess::spawn(&text);
+    wait_for(WAIT, "first pongs", || answers(&config)).await;
+
+    daemon.signal(libc::SIGHUP);
+    let status = daemon.wait(Duration::from_secs(12)).await;
+
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert_eq!(
+        daemon.log_count(r#""signal":"SIGHUP""#),
+        1,
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.log_count("service stopped"), 1, "{}", daemon.log());
 }
 
 async fn invalid_control_messages_ignored(kind: BackendKind) {
