@@ -299,6 +299,11 @@ impl Pending {
         }
     }
 
+    /// Ends every wait: each waiting request answers 503 at once.
+    pub fn abandon_all(&self) {
+        self.table().clear();
+    }
+
     pub fn len(&self) -> usize {
         self.table().len()
     }

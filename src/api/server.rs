@@ -36,6 +36,9 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(500);
 /// predecessor, whose listener closes only when the runtime drops the aborted accept task.
 /// That takes milliseconds, so ten tries over a second cover it.
 const BIND_ATTEMPTS: u32 = 10;
+/// How long requests whose rproxy wait was abandoned at the drain deadline get to send their
+/// 503 before the server task is aborted.
+const ABANDON_GRACE: Duration = Duration::from_millis(500);
 const BIND_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Failure to start the server.
@@ -93,13 +96,19 @@ impl Server {
         let Some(mut task) = self.task.take() else {
             return true;
         };
-        match tokio::time::timeout(deadline, &mut task).await {
-            Ok(_) => true,
-            Err(_) => {
-                task.abort();
-                false
-            }
+        if tokio::time::timeout(deadline, &mut task).await.is_ok() {
+            return true;
         }
+        // Requests still waiting for a worker's reply answer 503 now, so their clients get a
+        // response rather than a closed connection; the rest are cut off.
+        self.app.pending.abandon_all();
+        if tokio::time::timeout(ABANDON_GRACE, &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+        false
     }
 }
 

@@ -102,6 +102,43 @@ async fn shutdown_finishes_in_flight_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_unanswered_rproxy_503() {
+    let redis = RedisServer::start();
+    // A drain deadline of 1 s (half the shutdown timeout) and a worker that never replies.
+    let section = format!(
+        "[supervisor]\nshutdown_timeout_secs = 2\n{}",
+        api_section("rproxy_timeout_ms = 60000")
+    );
+    let api = Api::start(&redis, &section).await;
+    let channel = api.names().queue(&Stub::parse("wiki").unwrap());
+    let worker = EchoWorker::start(&redis, &channel, Duration::from_secs(3600)).await;
+    let in_flight = tokio::spawn(
+        api.post("/api/rproxy/wiki")
+            .bearer_auth(ADMIN_TOKEN)
+            .body("never answered")
+            .send(),
+    );
+    wait_until(WAIT, "the worker holds the request", || async {
+        worker.requests() == 1
+    })
+    .await;
+
+    let Api { daemon, .. } = api;
+    daemon.stop().await.expect("clean stop");
+
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("a response, not a closed connection");
+    assert_eq!(response.status(), 503);
+    let body = json_body(response).await;
+    assert!(
+        body["error"].as_str().unwrap().contains("restarting"),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taken_port_stops_daemon_with_error() {
     let redis = RedisServer::start();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
