@@ -86,9 +86,18 @@ impl Actor for Gateway {
             BackendKind::Embedded => {
                 let bus = &args.config.bus;
                 let _entered = span.enter();
-                let embedded = Arc::new(EmbeddedBackend::start(bus, events)?);
+                // The supervisor reports a failed start without its cause, so log it here.
+                let embedded = EmbeddedBackend::start(bus, events).map_err(|error| {
+                    tracing::error!(error = %error, "cannot open the embedded store");
+                    error
+                })?;
+                let embedded = Arc::new(embedded);
                 let endpoint =
-                    AdminEndpoint::start(&bus.data_dir, &bus.instance, Arc::clone(&embedded))?;
+                    AdminEndpoint::start(&bus.data_dir, &bus.instance, Arc::clone(&embedded))
+                        .map_err(|error| {
+                            tracing::error!(error = %error, "cannot serve the admin socket");
+                            error
+                        })?;
                 admin = Some(endpoint);
                 embedded
             }
