@@ -37,6 +37,9 @@ use super::backend::{Backend, Topic};
 use super::embedded::EmbeddedBackend;
 use super::embedded::pubsub::{Delivery, QUEUE_CAPACITY};
 
+/// How long a client whose request could not be sent looks for the daemon's reason.
+const REJECTION_READ_TIMEOUT: Duration = Duration::from_millis(200);
+
 /// The socket's file name inside `bus.data_dir`.
 pub const SOCKET_NAME: &str = "almagest.sock";
 /// Longest request or message line. Bus messages are notifications and commands of a few
@@ -510,10 +513,18 @@ impl AdminClient {
         output: &mut Output,
         request: &Request,
     ) -> Result<Reply, AdminError> {
-        output
-            .send(encode(request))
-            .await
-            .map_err(|error| self.protocol_error(format!("cannot send the request: {error}")))?;
+        if let Err(error) = output.send(encode(request)).await {
+            // A daemon that rejects a connection (too many clients) or a request (too large)
+            // writes its reason and closes, which fails the send; the reason says more.
+            let pending = tokio::time::timeout(REJECTION_READ_TIMEOUT, lines.next()).await;
+            if let Ok(Some(Ok(line))) = pending
+                && let Ok(reply) = serde_json::from_str::<Reply>(&line)
+                && !reply.ok
+            {
+                return Err(AdminError::Rejected(reply.error.unwrap_or_default()));
+            }
+            return Err(self.protocol_error(format!("cannot send the request: {error}")));
+        }
         let line = match lines.next().await {
             Some(Ok(line)) => line,
             Some(Err(error)) => return Err(self.protocol_error(line_error(&error))),

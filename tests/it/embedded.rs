@@ -263,3 +263,36 @@ async fn admin_rejects_invalid_requests() {
         "{rejected:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connection_cap_gives_reason() {
+    let data = data_dir();
+    let text = embedded_config_text(data.path(), CONTROL);
+    let config = parse_config(&text);
+    let _daemon = DaemonProcess::spawn(&text);
+    wait_for_daemon(&config).await;
+    let socket = data.path().join(almagest::bus::admin::SOCKET_NAME);
+    // Idle connections that take every slot; one ping on each proves it was admitted.
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        let stream = tokio::net::UnixStream::connect(&socket)
+            .await
+            .expect("connect");
+        let (read, mut write) = stream.into_split();
+        write
+            .write_all(b"{\"op\":\"ping\"}\n")
+            .await
+            .expect("write");
+        let mut replies = BufReader::new(read).lines();
+        let reply = replies.next_line().await.expect("read").expect("a reply");
+        assert!(reply.contains("\"ok\":true"), "{reply}");
+        idle.push((replies, write));
+    }
+
+    let rejected = AdminClient::new(data.path()).request(&Request::Ping).await;
+
+    assert!(
+        matches!(&rejected, Err(AdminError::Rejected(message)) if message.contains("too many admin connections")),
+        "{rejected:?}"
+    );
+}
