@@ -9,6 +9,7 @@ mod core;
 mod discord;
 mod dnslog;
 mod drop_folder;
+mod e2e;
 mod embedded;
 mod support;
 mod torrent;

@@ -2,4 +2,4 @@
 //! service on a real redis-server.
 
 mod service;
-mod steps;
+pub(crate) mod steps;

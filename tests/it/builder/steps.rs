@@ -56,7 +56,7 @@ pub(super) fn tar_gz(entries: &[Entry]) -> Vec<u8> {
     encoder.finish().unwrap()
 }
 
-pub(super) fn site(version: &str) -> Vec<u8> {
+pub(crate) fn site(version: &str) -> Vec<u8> {
     let page = format!("<h1>{version}</h1>");
     tar_gz(&[
         Entry::File("./index.html", page.as_bytes()),

@@ -40,6 +40,13 @@ impl Api {
     pub async fn start(redis: &RedisServer, section: &str) -> Api {
         almagest::telemetry::install_crypto_provider();
         let daemon = Daemon::start(parse_config(&config_text(&redis.url(), section)));
+        Api::attach(daemon).await
+    }
+
+    /// Waits until the API of a started daemon (whose config has an `[api]` section) listens
+    /// and `/readyz` returns 200.
+    pub async fn attach(daemon: Daemon) -> Api {
+        almagest::telemetry::install_crypto_provider();
         let instance = daemon.instance().to_string();
         let address = wait_for(WAIT, "the api to listen", || {
             let instance = instance.clone();
