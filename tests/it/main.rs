@@ -10,5 +10,6 @@ mod discord;
 mod dnslog;
 mod drop_folder;
 mod embedded;
+mod faults;
 mod support;
 mod torrent;

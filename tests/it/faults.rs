@@ -1,0 +1,240 @@
+//! Faults on real components while traffic flows: a Redis crash, the crash drill for every
+//! service, a torrent client going away, Discord failing for a while, and SIGTERM under load.
+//! Each test checks that nothing acknowledged is lost and nothing is announced twice.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use almagest::bus::{Names, Stub};
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::api::publish::stream_messages;
+use crate::support::api::{ADMIN_TOKEN, Api, api_section, client};
+use crate::support::fake_discord::{FakeDiscord, RecordedRequest};
+use crate::support::{RedisServer, Subscription, WAIT, wait_until};
+
+/// Builds a `[discord]` section posting to channel 10 of `fake`, without the gateway.
+fn discord_section(fake: &FakeDiscord) -> String {
+    format!(
+        "[discord]\ntoken = \"test-token\"\ndefault_channel_id = 10\napi_proxy = \"{}\"\n\
+         gateway = false\nrecheck_secs = 1\n",
+        fake.url()
+    )
+}
+
+fn contents(posts: &[RecordedRequest]) -> Vec<String> {
+    posts.iter().map(|post| post.content().to_owned()).collect()
+}
+
+/// Appends a notification to `P:notify:stream` as a script would; returns whether Redis
+/// acknowledged it.
+async fn add_notice(client: &redis::Client, names: &Names, text: &str) -> bool {
+    let Ok(mut connection) = client.get_multiplexed_async_connection().await else {
+        return false;
+    };
+    redis::cmd("XADD")
+        .arg(names.notify_stream())
+        .arg("*")
+        .arg("n")
+        .arg(serde_json::json!({ "text": text }).to_string())
+        .query_async::<String>(&mut connection)
+        .await
+        .is_ok()
+}
+
+/// HTTP statuses (or 0 for a transport error) and the bodies a publishing loop got a 2xx
+/// for, shared with the test.
+#[derive(Default)]
+struct PublishLog {
+    statuses: Vec<u16>,
+    acknowledged: Vec<String>,
+}
+
+/// A client that publishes `prefix-N` for N = 0, 1, … to `url` until dropped.
+struct Publisher {
+    log: Arc<Mutex<PublishLog>>,
+    task: AbortOnDropHandle<()>,
+}
+
+impl Publisher {
+    fn start(url: String, prefix: &'static str) -> Publisher {
+        let log = Arc::new(Mutex::new(PublishLog::default()));
+        let sink = Arc::clone(&log);
+        let task = tokio::spawn(async move {
+            let http = client();
+            for sequence in 0.. {
+                let body = format!("{prefix}-{sequence}");
+                let status = match http
+                    .post(&url)
+                    .bearer_auth(ADMIN_TOKEN)
+                    .timeout(Duration::from_secs(5))
+                    .body(body.clone())
+                    .send()
+                    .await
+                {
+                    Ok(response) => response.status().as_u16(),
+                    Err(_) => 0,
+                };
+                {
+                    let mut log = sink.lock().unwrap();
+                    log.statuses.push(status);
+                    if (200..300).contains(&status) {
+                        log.acknowledged.push(body);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        Publisher {
+            log,
+            task: AbortOnDropHandle::new(task),
+        }
+    }
+
+    /// Stops publishing; the log keeps the statuses received so far.
+    fn stop(&mut self) {
+        self.task.abort();
+    }
+
+    fn acknowledged(&self) -> Vec<String> {
+        self.log.lock().unwrap().acknowledged.clone()
+    }
+
+    fn statuses(&self) -> Vec<u16> {
+        self.log.lock().unwrap().statuses.clone()
+    }
+
+    /// Returns how many requests got `status`.
+    fn count(&self, status: u16) -> usize {
+        self.statuses()
+            .iter()
+            .filter(|&&found| found == status)
+            .count()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_kill_loses_nothing_acknowledged() {
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let fake = FakeDiscord::start().await;
+    let section = format!(
+        "{}\n{}",
+        api_section("durable_stubs = [\"jobs.*\"]"),
+        discord_section(&fake)
+    );
+    let api = Api::start(&redis, &section).await;
+    let names = api.names();
+    let stub = Stub::parse("jobs.load").unwrap();
+    let mut publisher = Publisher::start(api.url("/api/redis/publish/jobs.load"), "job");
+
+    // Notifications appended while Redis goes away and comes back.
+    let noticed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let notifier = {
+        let (client, names, noticed) = (redis.client(), names.clone(), Arc::clone(&noticed));
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            for sequence in 0.. {
+                let text = format!("notice-{sequence}");
+                if add_notice(&client, &names, &text).await {
+                    noticed.lock().unwrap().push(text);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }))
+    };
+    wait_until(WAIT, "traffic is acknowledged before the crash", || async {
+        publisher.acknowledged().len() >= 10 && noticed.lock().unwrap().len() >= 10
+    })
+    .await;
+
+    redis.kill();
+    wait_until(WAIT, "the API answers 503 during the outage", || async {
+        publisher.count(503) > 0
+    })
+    .await;
+    redis.launch();
+    let ok_before = publisher.count(200);
+    wait_until(WAIT, "the API answers 200 after the restart", || async {
+        publisher.count(200) > ok_before
+    })
+    .await;
+    let notices_before = noticed.lock().unwrap().len();
+    wait_until(WAIT, "notifications are acknowledged again", || async {
+        noticed.lock().unwrap().len() > notices_before + 5
+    })
+    .await;
+    drop(notifier);
+    publisher.stop();
+
+    // Every publish acknowledged with 200 is in the durable stream, once.
+    let acknowledged = publisher.acknowledged();
+    let stored = stream_messages(&redis, &names.queue_stream(&stub)).await;
+    let missing: Vec<_> = acknowledged
+        .iter()
+        .filter(|body| !stored.contains(body))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not stored: {missing:?}"
+    );
+    let mut unique = stored.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), stored.len(), "stored twice: {stored:?}");
+
+    // Every acknowledged notification reaches Discord, in order.
+    let noticed = noticed.lock().unwrap().clone();
+    wait_until(WAIT, "every acknowledged notice is delivered", || async {
+        let delivered = contents(&fake.delivered_posts());
+        noticed.iter().all(|text| delivered.contains(text))
+    })
+    .await;
+    let delivered = contents(&fake.delivered_posts());
+    let positions: Vec<usize> = noticed
+        .iter()
+        .map(|text| delivered.iter().position(|found| found == text).unwrap())
+        .collect();
+    assert!(
+        positions.windows(2).all(|pair| pair[0] < pair[1]),
+        "notices delivered out of order: {delivered:?}"
+    );
+
+    // Subscriptions resume: a queue subscriber and the discord service's `P:notify`.
+    let subscriber = Subscription::start(&redis.client(), &names.queue(&stub)).await;
+    wait_until(WAIT, "a queue subscriber receives a publish", || async {
+        let _ = api
+            .post("/api/redis/publish/jobs.load")
+            .bearer_auth(ADMIN_TOKEN)
+            .body("after")
+            .send()
+            .await;
+        subscriber
+            .payloads()
+            .iter()
+            .any(|payload| payload == "after")
+    })
+    .await;
+    let connection = redis.connection().await;
+    wait_until(
+        WAIT,
+        "the discord service subscribes P:notify again",
+        || async {
+            redis::cmd("PUBLISH")
+                .arg(names.notify())
+                .arg("published after the restart")
+                .query_async::<u64>(&mut connection.clone())
+                .await
+                .expect("PUBLISH")
+                > 0
+        },
+    )
+    .await;
+    wait_until(
+        WAIT,
+        "a notice published on P:notify is delivered",
+        || async {
+            contents(&fake.delivered_posts()).contains(&"published after the restart".to_string())
+        },
+    )
+    .await;
+    api.daemon.stop().await.expect("clean stop");
+}
