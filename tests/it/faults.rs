@@ -2,6 +2,7 @@
 //! service, a torrent client going away, Discord failing for a while, and SIGTERM under load.
 //! Each test checks that nothing acknowledged is lost and nothing is announced twice.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,9 +10,16 @@ use almagest::bus::{Names, Stub};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::api::publish::stream_messages;
+use crate::core::{answers, crash};
 use crate::support::api::{ADMIN_TOKEN, Api, api_section, client};
+use crate::support::dnslog::dnslog_section;
 use crate::support::fake_discord::{FakeDiscord, RecordedRequest};
-use crate::support::{RedisServer, Subscription, WAIT, wait_until};
+use crate::support::torrent_service::{exists, notices, torrent_section};
+use crate::support::torrents::{make_payload, make_torrent};
+use crate::support::transmission::{PASSWORD, TransmissionDaemon};
+use crate::support::{
+    Daemon, RedisServer, Subscription, WAIT, config_text, parse_config, wait_for, wait_until,
+};
 
 /// Builds a `[discord]` section posting to channel 10 of `fake`, without the gateway.
 fn discord_section(fake: &FakeDiscord) -> String {
@@ -237,4 +245,103 @@ async fn redis_kill_loses_nothing_acknowledged() {
     )
     .await;
     api.daemon.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_services_send_no_duplicates() {
+    let Some(transmission) = TransmissionDaemon::start("crashed_services_send_no_duplicates").await
+    else {
+        return;
+    };
+    let redis = RedisServer::start();
+    let fake = FakeDiscord::start().await;
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_file = log_dir.path().join("query.log");
+    std::fs::write(&log_file, "").unwrap();
+    let sections = [
+        "[control]\nping_interval_secs = 1\nallow_crash_command = true\n".to_string(),
+        "[supervisor]\nmax_restarts = 20\nwindow_secs = 600\n".to_string(),
+        api_section(""),
+        discord_section(&fake),
+        torrent_section("nas", "transmission", &transmission.url(), PASSWORD, ""),
+        dnslog_section(
+            &[format!("{{ file = {:?} }}", log_file.display().to_string())],
+            "",
+        ),
+    ];
+    let config = parse_config(&config_text(&redis.url(), &sections.join("\n")));
+    let daemon = Daemon::start(config.clone());
+    let names = daemon.names();
+    let baseline = names.torrent_baseline("nas");
+    wait_until(WAIT, "the torrent baseline is stored", || {
+        exists(&redis, &baseline)
+    })
+    .await;
+    let client = redis.client();
+    let source = tempfile::tempdir().unwrap();
+    let mut torrents = 0;
+    let mut add_torrent = async || {
+        torrents += 1;
+        let name = format!("torrent{torrents}.bin");
+        let payload = make_payload(source.path(), &name, 20_000, torrents);
+        let (torrent, _) = make_torrent(&payload, source.path());
+        transmission.add(&torrent).await;
+        let condition = format!("the added notice of {name}");
+        wait_until(WAIT, &condition, || async {
+            fake.delivered_posts()
+                .iter()
+                .any(|post| post.body.to_string().contains(&name))
+        })
+        .await;
+    };
+    add_torrent().await;
+
+    for service in ["control", "api", "discord", "torrent", "dnslog"] {
+        let before = wait_for(WAIT, "pongs before the crash", || answers(&config)).await;
+        let expected = before[service] + 1;
+        let mut connection = redis.connection().await;
+        let _: u64 = redis::cmd("PUBLISH")
+            .arg(names.control())
+            .arg(crash(service, daemon.instance()))
+            .query_async(&mut connection)
+            .await
+            .expect("PUBLISH the crash");
+        let condition = format!("{service} to answer with restarts {expected}");
+        wait_for(WAIT, &condition, || async {
+            answers(&config)
+                .await
+                .filter(|restarts| restarts[service] == expected)
+        })
+        .await;
+
+        // Traffic after each restart: a torrent the torrent service has to find and a
+        // notice the discord service has to deliver.
+        add_torrent().await;
+        let text = format!("after the {service} restart");
+        assert!(add_notice(&client, &names, &text).await, "XADD {text}");
+        wait_until(WAIT, &format!("delivery of {text:?}"), || async {
+            contents(&fake.delivered_posts()).contains(&text)
+        })
+        .await;
+    }
+
+    // Notices with a title are sent as embeds, so a post is identified by both parts.
+    let delivered: Vec<String> = fake
+        .delivered_posts()
+        .iter()
+        .map(|post| format!("{} {}", post.content(), post.body["embeds"]))
+        .collect();
+    let mut counts = BTreeMap::<&str, usize>::new();
+    for text in &delivered {
+        *counts.entry(text).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, count)| **count > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    let added = notices(&redis, &names)
+        .await
+        .iter()
+        .filter(|notice| notice["title"] == "Torrent added")
+        .count();
+    assert_eq!(added, torrents as usize, "one added notice per torrent");
+    daemon.stop().await.expect("clean stop");
 }
