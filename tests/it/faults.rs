@@ -345,3 +345,58 @@ async fn crashed_services_send_no_duplicates() {
     assert_eq!(added, torrents as usize, "one added notice per torrent");
     daemon.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torrent_client_restart_notices_once() {
+    let Some(mut transmission) =
+        TransmissionDaemon::start("torrent_client_restart_notices_once").await
+    else {
+        return;
+    };
+    let redis = RedisServer::start();
+    let section = torrent_section(
+        "nas",
+        "transmission",
+        &transmission.url(),
+        PASSWORD,
+        "down_after_secs = 1",
+    );
+    let daemon = Daemon::start(parse_config(&config_text(&redis.url(), &section)));
+    let names = daemon.names();
+    let baseline = names.torrent_baseline("nas");
+    wait_until(WAIT, "the torrent baseline is stored", || {
+        exists(&redis, &baseline)
+    })
+    .await;
+    let titled = async |title: &str| {
+        notices(&redis, &names)
+            .await
+            .iter()
+            .filter(|notice| notice["title"] == title)
+            .count()
+    };
+
+    transmission.stop().await;
+    wait_until(WAIT, "the unreachable notice", || async {
+        titled("Torrent client unreachable").await == 1
+    })
+    .await;
+    transmission.launch().await;
+    wait_until(WAIT, "the back notice", || async {
+        titled("Torrent client back").await == 1
+    })
+    .await;
+
+    // A torrent added afterwards is announced, which proves that later polls ran.
+    let source = tempfile::tempdir().unwrap();
+    let payload = make_payload(source.path(), "after.bin", 20_000, 7);
+    let (torrent, _) = make_torrent(&payload, source.path());
+    transmission.add(&torrent).await;
+    wait_until(WAIT, "the added notice", || async {
+        titled("Torrent added").await == 1
+    })
+    .await;
+    assert_eq!(titled("Torrent client unreachable").await, 1);
+    assert_eq!(titled("Torrent client back").await, 1);
+    daemon.stop().await.expect("clean stop");
+}
