@@ -13,7 +13,7 @@ use crate::api::publish::stream_messages;
 use crate::core::{answers, crash};
 use crate::support::api::{ADMIN_TOKEN, Api, api_section, client};
 use crate::support::dnslog::dnslog_section;
-use crate::support::fake_discord::{FakeDiscord, RecordedRequest};
+use crate::support::fake_discord::{FakeDiscord, RecordedRequest, Scripted};
 use crate::support::torrent_service::{exists, notices, torrent_section};
 use crate::support::torrents::{make_payload, make_torrent};
 use crate::support::transmission::{PASSWORD, TransmissionDaemon};
@@ -398,5 +398,34 @@ async fn torrent_client_restart_notices_once() {
     .await;
     assert_eq!(titled("Torrent client unreachable").await, 1);
     assert_eq!(titled("Torrent client back").await, 1);
+    daemon.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discord_errors_delay_without_loss() {
+    let redis = RedisServer::start();
+    let fake = FakeDiscord::start().await;
+    let config = parse_config(&config_text(&redis.url(), &discord_section(&fake)));
+    let daemon = Daemon::start(config.clone());
+    let names = daemon.names();
+    let client = redis.client();
+    assert!(add_notice(&client, &names, "before the errors").await);
+    fake.wait_for_posts(1, WAIT).await;
+
+    fake.answer_for(Scripted::Status(500), Duration::from_secs(3));
+    let texts: Vec<String> = (0..5).map(|index| format!("notice {index}")).collect();
+    for text in &texts {
+        assert!(add_notice(&client, &names, text).await, "XADD {text}");
+    }
+    wait_until(WAIT, "every notice is delivered", || async {
+        fake.delivered_posts().len() > texts.len()
+    })
+    .await;
+
+    let delivered = contents(&fake.delivered_posts());
+    assert_eq!(delivered[0], "before the errors");
+    assert_eq!(delivered[1..], texts[..], "in order, each once");
+    let failed = fake.message_posts().len() - delivered.len();
+    assert!(failed > 0, "the fake answered no 500");
     daemon.stop().await.expect("clean stop");
 }
