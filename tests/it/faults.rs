@@ -18,7 +18,8 @@ use crate::support::torrent_service::{exists, notices, torrent_section};
 use crate::support::torrents::{make_payload, make_torrent};
 use crate::support::transmission::{PASSWORD, TransmissionDaemon};
 use crate::support::{
-    Daemon, RedisServer, Subscription, WAIT, config_text, parse_config, wait_for, wait_until,
+    Daemon, DaemonProcess, RedisServer, Subscription, WAIT, config_text, parse_config, wait_for,
+    wait_until,
 };
 
 /// Builds a `[discord]` section posting to channel 10 of `fake`, without the gateway.
@@ -50,6 +51,18 @@ async fn add_notice(client: &redis::Client, names: &Names, text: &str) -> bool {
         .is_ok()
 }
 
+/// Asserts that every acknowledged body is among the stored ones.
+fn assert_all_stored(acknowledged: &[String], stored: &[String]) {
+    let missing: Vec<_> = acknowledged
+        .iter()
+        .filter(|body| !stored.contains(body))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not stored: {missing:?}"
+    );
+}
+
 /// HTTP statuses (or 0 for a transport error) and the bodies a publishing loop got a 2xx
 /// for, shared with the test.
 #[derive(Default)]
@@ -66,6 +79,7 @@ struct Publisher {
 
 impl Publisher {
     fn start(url: String, prefix: &'static str) -> Publisher {
+        almagest::telemetry::install_crypto_provider();
         let log = Arc::new(Mutex::new(PublishLog::default()));
         let sink = Arc::clone(&log);
         let task = tokio::spawn(async move {
@@ -174,16 +188,8 @@ async fn redis_kill_loses_nothing_acknowledged() {
     publisher.stop();
 
     // Every publish acknowledged with 200 is in the durable stream, once.
-    let acknowledged = publisher.acknowledged();
     let stored = stream_messages(&redis, &names.queue_stream(&stub)).await;
-    let missing: Vec<_> = acknowledged
-        .iter()
-        .filter(|body| !stored.contains(body))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "acknowledged but not stored: {missing:?}"
-    );
+    assert_all_stored(&publisher.acknowledged(), &stored);
     let mut unique = stored.clone();
     unique.sort();
     unique.dedup();
@@ -428,4 +434,64 @@ async fn discord_errors_delay_without_loss() {
     let failed = fake.message_posts().len() - delivered.len();
     assert!(failed > 0, "the fake answered no 500");
     daemon.stop().await.expect("clean stop");
+}
+
+/// Returns the address the daemon's API listens on, from its JSON log.
+fn logged_api_address(daemon: &DaemonProcess) -> Option<String> {
+    daemon.log().lines().find_map(|line| {
+        let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+        let fields = entry.get("fields").unwrap_or(&entry);
+        (fields["message"] == "api listening")
+            .then(|| fields["address"].as_str().map(str::to_string))
+            .flatten()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_drops_nothing() {
+    const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
+    let redis = RedisServer::start();
+    let section = format!(
+        "[supervisor]\nshutdown_timeout_secs = {SHUTDOWN_TIMEOUT_SECS}\n{}",
+        api_section("durable_stubs = [\"jobs.*\"]")
+    );
+    let mut daemon = DaemonProcess::spawn(&config_text(&redis.url(), &section));
+    let address = wait_for(WAIT, "the api address in the log", || async {
+        logged_api_address(&daemon)
+    })
+    .await;
+    let config = parse_config(&std::fs::read_to_string(&daemon.config_path).unwrap());
+    let names = Names::new(&config.bus.prefix);
+    let stub = Stub::parse("jobs.load").unwrap();
+    let subscriber = Subscription::start(&redis.client(), &names.queue(&stub)).await;
+    let mut publisher = Publisher::start(
+        format!("http://{address}/api/redis/publish/jobs.load"),
+        "job",
+    );
+    wait_until(WAIT, "publishes are acknowledged", || async {
+        publisher.acknowledged().len() >= 20
+    })
+    .await;
+
+    daemon.signal(libc::SIGTERM);
+    // The daemon exits within its shutdown timeout; one more second covers the exit of the
+    // process after the deadline.
+    let status = daemon
+        .wait(Duration::from_secs(SHUTDOWN_TIMEOUT_SECS + 1))
+        .await;
+    publisher.stop();
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+
+    let acknowledged = publisher.acknowledged();
+    let stored = stream_messages(&redis, &names.queue_stream(&stub)).await;
+    assert_all_stored(&acknowledged, &stored);
+    wait_until(
+        WAIT,
+        "the subscriber has every acknowledged publish",
+        || async {
+            let received = subscriber.payloads();
+            acknowledged.iter().all(|body| received.contains(body))
+        },
+    )
+    .await;
 }
