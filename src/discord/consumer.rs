@@ -100,18 +100,16 @@ impl Consumer {
             );
         }
         loop {
-            let pending = self.read(&backend, ReadFrom::Pending, None).await?;
-            if pending.is_empty() {
-                break;
-            }
-            for entry in pending {
-                self.process(&entry, mentions).await?;
-            }
-        }
-
-        loop {
             let backend = self.bus.backend()?;
-            for entry in self.read(&backend, ReadFrom::New, Some(READ_BLOCK)).await? {
+            // Every entry this loop reads is acknowledged before the next read. So an entry
+            // pending here was read under this consumer's name by someone else: the instance
+            // before a restart, or its aborted blocking read, which stays in Redis until an
+            // entry arrives or the block ends, and takes the entry with it.
+            let mut entries = self.read(&backend, ReadFrom::Pending, None).await?;
+            if entries.is_empty() {
+                entries = self.read(&backend, ReadFrom::New, Some(READ_BLOCK)).await?;
+            }
+            for entry in entries {
                 self.process(&entry, mentions).await?;
             }
         }

@@ -49,11 +49,15 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Returns whether the client could not be reached at all (connection refused or timed
-    /// out), as opposed to a client that returned a bad response.
+    /// Returns whether the client could not be reached at all (connection refused, reset
+    /// before a response, or timed out), as opposed to a client that returned a bad response.
+    /// A pooled connection to a daemon that is shutting down fails as a request error, not a
+    /// connect error.
     pub fn is_unreachable(&self) -> bool {
         match self {
-            Self::Request { source, .. } => source.is_connect() || source.is_timeout(),
+            Self::Request { source, .. } => {
+                source.is_connect() || source.is_timeout() || source.is_request()
+            }
             _ => false,
         }
     }

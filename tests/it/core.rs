@@ -30,7 +30,7 @@ const CONTROL: &str = "[control]\nping_interval_secs = 1\nallow_crash_command = 
 
 /// Pings through the library and returns `service -> restarts` of this config's instance
 /// once every expected service answered.
-async fn answers(config: &Config) -> Option<BTreeMap<String, u32>> {
+pub(crate) async fn answers(config: &Config) -> Option<BTreeMap<String, u32>> {
     let report = almagest::cli::ping(config, Duration::from_millis(500))
         .await
         .ok()?;
@@ -47,7 +47,7 @@ async fn answers(config: &Config) -> Option<BTreeMap<String, u32>> {
     )
 }
 
-fn crash(service: &str, instance: &str) -> String {
+pub(crate) fn crash(service: &str, instance: &str) -> String {
     format!(r#"{{"type":"crash","service":"{service}","instance":"{instance}"}}"#)
 }
 

@@ -11,5 +11,6 @@ mod dnslog;
 mod drop_folder;
 mod e2e;
 mod embedded;
+mod faults;
 mod support;
 mod torrent;

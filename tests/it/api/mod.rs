@@ -2,6 +2,6 @@
 
 mod auth;
 mod lifecycle;
-mod publish;
+pub(crate) mod publish;
 mod rproxy;
 mod webhook;

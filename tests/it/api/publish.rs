@@ -15,7 +15,7 @@ fn stub(name: &str) -> Stub {
     Stub::parse(name).unwrap()
 }
 
-async fn stream_messages(redis: &RedisServer, key: &str) -> Vec<String> {
+pub(crate) async fn stream_messages(redis: &RedisServer, key: &str) -> Vec<String> {
     let mut connection = redis.connection().await;
     let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(key)

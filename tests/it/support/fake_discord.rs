@@ -68,6 +68,10 @@ struct State {
     script: VecDeque<Scripted>,
     /// Answer to every scripted-capable request once the script is empty.
     persistent: Option<Scripted>,
+    /// Answer to every scripted-capable request until the instant, when no script applies.
+    until: Option<(Scripted, Instant)>,
+    /// Message posts answered with a 2xx, in arrival order.
+    delivered: Vec<RecordedRequest>,
     next_id: u64,
 }
 
@@ -138,6 +142,17 @@ impl FakeDiscord {
         self.lock().persistent = reply;
     }
 
+    /// Answers every request (all but the gateway URL) with `reply` for `period` from now,
+    /// once the script is used up.
+    pub fn answer_for(&self, reply: Scripted, period: Duration) {
+        self.lock().until = Some((reply, Instant::now() + period));
+    }
+
+    /// Message posts answered with a 2xx so far, in arrival order.
+    pub fn delivered_posts(&self) -> Vec<RecordedRequest> {
+        self.lock().delivered.clone()
+    }
+
     /// Waits until `count` message posts arrived, or panics after `timeout`.
     pub async fn wait_for_posts(&self, count: usize, timeout: Duration) -> Vec<RecordedRequest> {
         let deadline = Instant::now() + timeout;
@@ -186,6 +201,18 @@ fn record(
 }
 
 fn answer(state: &Mutex<State>, addr: SocketAddr, request: RecordedRequest) -> Response {
+    let response = reply(state, addr, request.clone());
+    if response.status().is_success() && request.is_message_post() {
+        state
+            .lock()
+            .expect("fake state lock")
+            .delivered
+            .push(request);
+    }
+    response
+}
+
+fn reply(state: &Mutex<State>, addr: SocketAddr, request: RecordedRequest) -> Response {
     let mut state = state.lock().expect("fake state lock");
     state.requests.push(request.clone());
     let path = request
@@ -215,9 +242,15 @@ fn answer(state: &Mutex<State>, addr: SocketAddr, request: RecordedRequest) -> R
         _ => {}
     }
 
+    let timed = state
+        .until
+        .clone()
+        .filter(|(_, until)| Instant::now() < *until)
+        .map(|(reply, _)| reply);
     let scripted = state
         .script
         .pop_front()
+        .or(timed)
         .or_else(|| state.persistent.clone());
     if let Some(scripted) = scripted.filter(|scripted| *scripted != Scripted::Normal) {
         return scripted_reply(&scripted);

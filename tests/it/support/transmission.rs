@@ -74,7 +74,8 @@ impl TransmissionDaemon {
         Some(daemon)
     }
 
-    async fn launch(&mut self) {
+    /// Starts the daemon on its config folder and waits until its RPC responds.
+    pub async fn launch(&mut self) {
         let child = Command::new("transmission-daemon")
             .arg("--foreground")
             .arg("--config-dir")
@@ -97,6 +98,13 @@ impl TransmissionDaemon {
                 "transmission-daemon not ready: {error}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the daemon with SIGTERM (it saves its torrents); [`Self::launch`] starts it again.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child).await;
         }
     }
 
