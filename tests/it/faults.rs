@@ -10,10 +10,12 @@ use almagest::bus::{Names, Stub};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::api::publish::stream_messages;
+use crate::builder::steps::site;
 use crate::core::{answers, crash};
 use crate::support::api::{ADMIN_TOKEN, Api, api_section, client};
 use crate::support::dnslog::dnslog_section;
 use crate::support::fake_discord::{FakeDiscord, RecordedRequest, Scripted};
+use crate::support::fake_github::{FakeGithub, FakeRelease};
 use crate::support::torrent_service::{exists, notices, torrent_section};
 use crate::support::torrents::{make_payload, make_torrent};
 use crate::support::transmission::{PASSWORD, TransmissionDaemon};
@@ -253,6 +255,12 @@ async fn redis_kill_loses_nothing_acknowledged() {
     api.daemon.stop().await.expect("clean stop");
 }
 
+fn publish_release(github: &FakeGithub, tag: &str, date: &str) {
+    let asset = format!("site-{tag}.tar.gz");
+    let release = FakeRelease::new(tag, &format!("{date}T00:00:00Z")).asset(&asset, site(tag));
+    github.publish(release);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_services_send_no_duplicates() {
     let Some(transmission) = TransmissionDaemon::start("crashed_services_send_no_duplicates").await
@@ -264,6 +272,10 @@ async fn crashed_services_send_no_duplicates() {
     let log_dir = tempfile::tempdir().unwrap();
     let log_file = log_dir.path().join("query.log");
     std::fs::write(&log_file, "").unwrap();
+    let github = FakeGithub::start().await;
+    publish_release(&github, "v1.0.0", "2024-01-01");
+    let volume = log_dir.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
     let sections = [
         "[control]\nping_interval_secs = 1\nallow_crash_command = true\n".to_string(),
         "[supervisor]\nmax_restarts = 20\nwindow_secs = 600\n".to_string(),
@@ -273,6 +285,12 @@ async fn crashed_services_send_no_duplicates() {
         dnslog_section(
             &[format!("{{ file = {:?} }}", log_file.display().to_string())],
             "",
+        ),
+        format!(
+            "[[builder.targets]]\nname = \"wiki\"\nrepo = \"acme/wiki\"\napi_base = \"{}\"\n\
+             asset_pattern = \"site-*.tar.gz\"\nvolume = {:?}\npoll_interval_secs = 1\n",
+            github.api_base(),
+            volume.display().to_string()
         ),
     ];
     let config = parse_config(&config_text(&redis.url(), &sections.join("\n")));
@@ -301,8 +319,15 @@ async fn crashed_services_send_no_duplicates() {
         .await;
     };
     add_torrent().await;
+    // The empty volume is built once with the release that is there at start.
+    wait_until(WAIT, "the build of v1.0.0 is announced", || async {
+        fake.delivered_posts()
+            .iter()
+            .any(|post| post.body.to_string().contains("v1.0.0"))
+    })
+    .await;
 
-    for service in ["control", "api", "discord", "torrent", "dnslog"] {
+    for service in ["control", "api", "discord", "torrent", "dnslog", "builder"] {
         let before = wait_for(WAIT, "pongs before the crash", || answers(&config)).await;
         let expected = before[service] + 1;
         let mut connection = redis.connection().await;
@@ -323,6 +348,15 @@ async fn crashed_services_send_no_duplicates() {
         // Traffic after each restart: a torrent the torrent service has to find and a
         // notice the discord service has to deliver.
         add_torrent().await;
+        if service == "builder" {
+            publish_release(&github, "v2.0.0", "2024-02-01");
+            wait_until(WAIT, "the build of v2.0.0 is announced", || async {
+                fake.delivered_posts()
+                    .iter()
+                    .any(|post| post.body.to_string().contains("v2.0.0"))
+            })
+            .await;
+        }
         let text = format!("after the {service} restart");
         assert!(add_notice(&client, &names, &text).await, "XADD {text}");
         wait_until(WAIT, &format!("delivery of {text:?}"), || async {
