@@ -133,13 +133,36 @@ pub fn install_metrics_recorder() {
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
             .expect("the latency bucket list is not empty");
         match builder.install_recorder() {
-            Ok(handle) => Some(handle),
+            Ok(handle) => {
+                start_metrics_upkeep(handle.clone());
+                Some(handle)
+            }
             Err(error) => {
                 tracing::warn!(error = %error, "metrics recorder not installed");
                 None
             }
         }
     });
+}
+
+/// How often histogram samples are folded into their buckets.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Folds recorded histogram samples into their buckets every few seconds on a thread of its
+/// own. `install_recorder` leaves this to the caller, and without it every sample (one per
+/// API request) stays in memory until someone reads `/metrics`.
+fn start_metrics_upkeep(handle: PrometheusHandle) {
+    let started = std::thread::Builder::new()
+        .name("almagest-metrics".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(METRICS_UPKEEP_INTERVAL);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(error) = started {
+        tracing::warn!(error = %error, "cannot start the metrics upkeep thread; histogram samples accumulate until /metrics is read");
+    }
 }
 
 /// The Prometheus text rendering of every metric, for the `/metrics` route.
