@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 /// Limits a repeated warning (bad input that anyone on the bus can send) to one log line per
-/// period, and says how many occurrences the line stands for.
+/// period, and reports how many occurrences the line stands for.
 pub struct LogLimiter {
     period: Duration,
     state: Mutex<LimiterState>,

@@ -222,7 +222,7 @@ impl HttpReply {
     }
 }
 
-/// What a waiting request receives: the worker's reply, or why its reply was unusable.
+/// The outcome of a wait: the worker's reply, or why its reply was unusable.
 pub type ReplyOutcome = Result<HttpReply, String>;
 
 /// Requests waiting for their reply, by id.
@@ -285,7 +285,7 @@ impl Pending {
         self.resolve(&id, Ok(reply))
     }
 
-    /// Tells the request waiting for `id` that its reply was invalid, so that it answers 502
+    /// Tells the request waiting for `id` that its reply was invalid, so that it returns 502
     /// at once instead of 504 after the timeout. Returns false when none waits.
     pub fn fail(&self, id: &str, reason: String) -> bool {
         self.resolve(id, Err(reason))
@@ -299,7 +299,7 @@ impl Pending {
         }
     }
 
-    /// Ends every wait: each waiting request answers 503 at once.
+    /// Ends every wait, so that each waiting request returns 503 at once.
     pub fn abandon_all(&self) {
         self.table().clear();
     }

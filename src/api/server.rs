@@ -99,7 +99,7 @@ impl Server {
         if tokio::time::timeout(deadline, &mut task).await.is_ok() {
             return true;
         }
-        // Requests still waiting for a worker's reply answer 503 now, so their clients get a
+        // Requests still waiting for a worker's reply get 503 now, so their clients get a
         // response rather than a closed connection; the rest are cut off.
         self.app.pending.abandon_all();
         if tokio::time::timeout(ABANDON_GRACE, &mut task)

@@ -515,7 +515,7 @@ impl AdminClient {
     ) -> Result<Reply, AdminError> {
         if let Err(error) = output.send(encode(request)).await {
             // A daemon that rejects a connection (too many clients) or a request (too large)
-            // writes its reason and closes, which fails the send; the reason says more.
+            // writes its reason and closes, which fails the send. That reason helps more than the send error.
             let pending = tokio::time::timeout(REJECTION_READ_TIMEOUT, lines.next()).await;
             if let Ok(Some(Ok(line))) = pending
                 && let Ok(reply) = serde_json::from_str::<Reply>(&line)
