@@ -10,11 +10,11 @@ use std::time::Duration;
 use almagest::bus::{Names, Stub};
 use almagest::torrent::model::InfoHash;
 
-use crate::builder::steps::site;
+use crate::builder::steps::{publish_site_release, volume_target_section};
 use crate::support::api::{ADMIN_TOKEN, Api, EchoWorker, api_section};
 use crate::support::dnslog::{append, dnslog_section, file_source, now_rfc3339, query_line};
 use crate::support::fake_discord::{FakeDiscord, RecordedRequest};
-use crate::support::fake_github::{FakeGithub, FakeRelease};
+use crate::support::fake_github::FakeGithub;
 use crate::support::qbittorrent::{self, QbittorrentDaemon};
 use crate::support::torrent_service::{exists, seen_incomplete};
 use crate::support::torrents::{make_payload, make_torrent};
@@ -85,21 +85,10 @@ fn sections(
         qbittorrent::USERNAME,
         qbittorrent::PASSWORD,
     );
-    let builder = format!(
-        "[[builder.targets]]\nname = \"wiki\"\nrepo = \"acme/wiki\"\napi_base = \"{}\"\n\
-         asset_pattern = \"site-*.tar.gz\"\nvolume = {:?}\npoll_interval_secs = 1\n",
-        github.api_base(),
-        paths.volume.display().to_string()
-    );
+    let builder = volume_target_section(github, &paths.volume);
     let dnslog = dnslog_section(&[file_source(&paths.query_log)], PHONE);
     let api = api_section("");
     format!("{control}\n{api}\n{discord}\n{torrent}\n{builder}\n{dnslog}")
-}
-
-fn publish_release(github: &FakeGithub, tag: &str, date: &str) {
-    let asset = format!("site-{tag}.tar.gz");
-    let release = FakeRelease::new(tag, &format!("{date}T00:00:00Z")).asset(&asset, site(tag));
-    github.publish(release);
 }
 
 /// Returns the message posts whose body mentions `text`, in content or embeds.
@@ -182,7 +171,7 @@ async fn every_service_in_one_daemon() {
     let redis = RedisServer::start();
     let discord = FakeDiscord::start().await;
     let github = FakeGithub::start().await;
-    publish_release(&github, "v1.0.0", "2024-01-01");
+    publish_site_release(&github, "v1.0.0", "2024-01-01");
     let paths = Paths::new();
     let text = config_text(
         &redis.url(),
@@ -289,7 +278,7 @@ async fn every_service_in_one_daemon() {
     wait_for_post(&discord, "is home").await;
 
     // A new release is built into the volume and announced.
-    publish_release(&github, "v1.1.0", "2024-02-01");
+    publish_site_release(&github, "v1.1.0", "2024-02-01");
     wait_for_post(&discord, "v1.1.0").await;
     assert_eq!(
         std::fs::read_link(paths.volume.join("current")).ok(),

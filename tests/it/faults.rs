@@ -10,12 +10,12 @@ use almagest::bus::{Names, Stub};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::api::publish::stream_messages;
-use crate::builder::steps::site;
+use crate::builder::steps::{publish_site_release, volume_target_section};
 use crate::core::{answers, crash};
 use crate::support::api::{ADMIN_TOKEN, Api, api_section, client};
 use crate::support::dnslog::dnslog_section;
 use crate::support::fake_discord::{FakeDiscord, RecordedRequest, Scripted};
-use crate::support::fake_github::{FakeGithub, FakeRelease};
+use crate::support::fake_github::FakeGithub;
 use crate::support::torrent_service::{exists, notices, torrent_section};
 use crate::support::torrents::{make_payload, make_torrent};
 use crate::support::transmission::{PASSWORD, TransmissionDaemon};
@@ -255,12 +255,6 @@ async fn redis_kill_loses_nothing_acknowledged() {
     api.daemon.stop().await.expect("clean stop");
 }
 
-fn publish_release(github: &FakeGithub, tag: &str, date: &str) {
-    let asset = format!("site-{tag}.tar.gz");
-    let release = FakeRelease::new(tag, &format!("{date}T00:00:00Z")).asset(&asset, site(tag));
-    github.publish(release);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_services_send_no_duplicates() {
     let Some(transmission) = TransmissionDaemon::start("crashed_services_send_no_duplicates").await
@@ -273,7 +267,7 @@ async fn crashed_services_send_no_duplicates() {
     let log_file = log_dir.path().join("query.log");
     std::fs::write(&log_file, "").unwrap();
     let github = FakeGithub::start().await;
-    publish_release(&github, "v1.0.0", "2024-01-01");
+    publish_site_release(&github, "v1.0.0", "2024-01-01");
     let volume = log_dir.path().join("volume");
     std::fs::create_dir(&volume).unwrap();
     let sections = [
@@ -286,12 +280,7 @@ async fn crashed_services_send_no_duplicates() {
             &[format!("{{ file = {:?} }}", log_file.display().to_string())],
             "",
         ),
-        format!(
-            "[[builder.targets]]\nname = \"wiki\"\nrepo = \"acme/wiki\"\napi_base = \"{}\"\n\
-             asset_pattern = \"site-*.tar.gz\"\nvolume = {:?}\npoll_interval_secs = 1\n",
-            github.api_base(),
-            volume.display().to_string()
-        ),
+        volume_target_section(&github, &volume),
     ];
     let config = parse_config(&config_text(&redis.url(), &sections.join("\n")));
     let daemon = Daemon::start(config.clone());
@@ -349,7 +338,7 @@ async fn crashed_services_send_no_duplicates() {
         // notice the discord service has to deliver.
         add_torrent().await;
         if service == "builder" {
-            publish_release(&github, "v2.0.0", "2024-02-01");
+            publish_site_release(&github, "v2.0.0", "2024-02-01");
             wait_until(WAIT, "the build of v2.0.0 is announced", || async {
                 fake.delivered_posts()
                     .iter()

@@ -66,6 +66,23 @@ pub(crate) fn site(version: &str) -> Vec<u8> {
     ])
 }
 
+/// Publishes release `tag`, dated midnight UTC of `date`, with the asset `site-<tag>.tar.gz`.
+pub(crate) fn publish_site_release(github: &FakeGithub, tag: &str, date: &str) {
+    let asset = format!("site-{tag}.tar.gz");
+    github.publish(FakeRelease::new(tag, &format!("{date}T00:00:00Z")).asset(&asset, site(tag)));
+}
+
+/// A `[[builder.targets]]` entry `wiki` that builds `site-*.tar.gz` releases of `github`
+/// into `volume`, polling every second.
+pub(crate) fn volume_target_section(github: &FakeGithub, volume: &std::path::Path) -> String {
+    format!(
+        "[[builder.targets]]\nname = \"wiki\"\nrepo = \"acme/wiki\"\napi_base = \"{}\"\n\
+         asset_pattern = \"site-*.tar.gz\"\nvolume = {:?}\npoll_interval_secs = 1\n",
+        github.api_base(),
+        volume.display().to_string()
+    )
+}
+
 struct Setup {
     github: FakeGithub,
     dir: tempfile::TempDir,
@@ -658,10 +675,7 @@ async fn rollback_switches_to_previous() {
     let setup = Setup::new().await;
     let target = setup.target(WRITE_ENV);
     for (tag, date) in [("v1.0.0", "2024-01-01"), ("v2.0.0", "2024-02-01")] {
-        let asset = format!("site-{tag}.tar.gz");
-        setup
-            .github
-            .publish(FakeRelease::new(tag, &format!("{date}T00:00:00Z")).asset(&asset, site(tag)));
+        publish_site_release(&setup.github, tag, date);
         let release = setup.newest(&target).await;
         build::build(&context(), &target, &release).await.unwrap();
         // Install times order the releases. Setting v1.0.0's a minute back keeps the order
