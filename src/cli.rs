@@ -29,7 +29,7 @@ pub enum CliError {
     EmptyMessage,
 }
 
-/// One answer to `almagest ping`.
+/// One pong received by `almagest ping`.
 #[derive(Debug, Clone)]
 pub struct PingRow {
     pub pong: Pong,
@@ -40,7 +40,7 @@ pub struct PingRow {
 #[derive(Debug, Clone, Default)]
 pub struct PingReport {
     pub rows: Vec<PingRow>,
-    /// `service@instance` of this config's enabled services that did not answer.
+    /// `service@instance` of this config's enabled services that sent no pong.
     pub missing: Vec<String>,
 }
 
@@ -158,7 +158,7 @@ impl Link {
 }
 
 /// How long `ping` keeps listening after the last pong once every service this config enables
-/// has answered.
+/// has replied.
 const OTHER_INSTANCES_GRACE: Duration = Duration::from_millis(300);
 
 /// Pings every service on the bus and waits up to `timeout` for the pongs. Stops early once

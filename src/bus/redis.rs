@@ -632,7 +632,7 @@ fn reconnect_delay(failed_attempts: u32) -> Duration {
     (RECONNECT_FIRST_DELAY * 2u32.pow(doublings)).min(RECONNECT_MAX_DELAY)
 }
 
-/// A link whose connections all answered and whose topics are subscribed.
+/// A link whose connections all replied to PING and whose topics are subscribed.
 struct Ready {
     connections: Connections,
     sink: PubSubSink,

@@ -5,8 +5,8 @@
 //!
 //! Every write is a job sent to the writer thread. The thread takes the jobs that are waiting
 //! (up to [`MAX_BATCH`]), runs them in order in one write transaction and commits once, then
-//! answers each caller; so concurrent callers share one `fsync` (group commit). A caller gets
-//! its answer only after the commit returned.
+//! replies to each caller, so concurrent callers share one `fsync` (group commit). A caller
+//! gets its reply only after the commit returned.
 //!
 //! Each job says how durable it must be ([`Durability`]). A batch with a durable job commits
 //! with `fsync` ([`redb::Durability::Immediate`]); a batch of deferred jobs commits without
@@ -112,7 +112,7 @@ pub enum StoreError {
 /// How soon a write must survive a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// On disk (`fsync`) before the caller is answered.
+    /// On disk (`fsync`) before the caller gets its reply.
     Durable,
     /// On disk within [`FLUSH_INTERVAL`], or with the next durable write if that is sooner.
     Deferred,
@@ -326,7 +326,7 @@ impl Store {
         if !sent {
             return Err(self.shared.unavailable());
         }
-        // The writer drops a job's reply without answering only when the store failed.
+        // The writer drops a job's reply without sending it only when the store failed.
         result
             .await
             .unwrap_or_else(|_| Err(self.shared.unavailable()))
